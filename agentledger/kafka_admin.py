@@ -1,0 +1,37 @@
+"""Create the pipeline's topics from the one table in `schemas.topics`."""
+
+from __future__ import annotations
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from agentledger.settings import Settings
+from schemas.topics import ALL_TOPICS, TopicSpec, topic_name
+
+log = structlog.get_logger(__name__)
+
+
+def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 30.0) -> None:
+    """Create any missing topic; existing topics are left as they are."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(
+            topic_name(settings.topic_prefix, spec),
+            num_partitions=spec.partitions or settings.partitions,
+            replication_factor=settings.replication_factor,
+            config=spec.config(),
+        )
+        for spec in specs
+        if topic_name(settings.topic_prefix, spec) not in existing
+    ]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+            log.info("topic.created", topic=name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise

@@ -1,0 +1,70 @@
+"""Settings for every agentledger process, read once from the environment and frozen.
+
+Every variable is `AGENTLEDGER_<FIELD>` (upper case), except `CLICKHOUSE_URL`, which
+selects the ClickHouse server adapter instead of the embedded chDB engine. The README's
+"Configuration" table lists them; `agentledger settings` prints the values in force.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTLEDGER_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic_prefix: str = Field(default="agentledger.", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
+    partitions: int = Field(default=3, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=7)
+
+    # processors
+    worker_id: str = "agentledger-worker"
+    """faust app id: the consumer group and the prefix of its changelog topics."""
+    worker_web_port: int = Field(default=6066, ge=1, le=65535)
+    dedupe_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
+    unpriced_policy: Literal["fallback", "block"] = "fallback"
+    fallback_price_per_mtok_input: Decimal = Decimal("10")
+    fallback_price_per_mtok_output: Decimal = Decimal("30")
+    rate_card: Path | None = None
+    """YAML rate card that overrides genai-prices where it applies."""
+    session_token_cap: int | None = Field(default=None, ge=1)
+    """Default per-session lifetime token cap applied to every session (kill), if set."""
+    max_future_skew_s: int = Field(default=300, ge=0)
+    late_grace_s: int = Field(default=3600, ge=0)
+
+    # warehouse
+    clickhouse_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CLICKHOUSE_URL", "AGENTLEDGER_CLICKHOUSE_URL")
+    )
+    chdb_path: Path = Path("var/chdb")
+    database: str = Field(default="agentledger", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
+
+    # sink
+    sink_group: str = "agentledger-sink"
+    sink_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    sink_batch_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    # api
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+
+    # local broker (scripts/kafka.sh)
+    kafka_home: Path = Path("var/kafka")
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_prefix}{suffix}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,121 @@
+"""Budget policies, the signals they send to agents, and each session's status.
+
+Policies travel on the compacted `budget-policies` topic keyed by `policy_id` (a tombstone
+deletes); signals on `signals` and the latest status per session on `session-status`, both
+keyed by `session_id`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import Field, StringConstraints, model_validator
+
+from schemas.events import Money, Name, Strict, Tokens, UtcDatetime
+
+PolicyId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class Scope(StrEnum):
+    SESSION = "session"
+    AGENT_TYPE = "agent_type"
+    TEAM = "team"
+    PROJECT = "project"
+    CUSTOMER = "customer"
+
+
+class Window(StrEnum):
+    LIFETIME = "lifetime"
+    ROLLING_1H = "rolling_1h"
+    ROLLING_24H = "rolling_24h"
+    ROLLING_7D = "rolling_7d"
+    ROLLING_30D = "rolling_30d"
+    CALENDAR_DAY = "calendar_day"
+    CALENDAR_WEEK = "calendar_week"
+    CALENDAR_MONTH = "calendar_month"
+
+
+class Action(StrEnum):
+    """Graded: each action includes the milder ones before it."""
+
+    WARN = "warn"
+    DOWNGRADE = "downgrade"
+    PAUSE = "pause"
+    KILL = "kill"
+
+    @property
+    def rank(self) -> int:
+        return list(Action).index(self)
+
+
+class BudgetPolicy(Strict):
+    """A limit on spend for every group of events that its scope and match select."""
+
+    policy_id: PolicyId
+    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    scope: Annotated[tuple[Scope, ...], Field(min_length=1, max_length=5)]
+    """The dimensions that make one budget, e.g. (team, agent_type): one budget per pair."""
+    match: Annotated[dict[Scope, Name], Field(max_length=5)] = Field(default_factory=dict)
+    """Only events whose dimension equals the value; a dimension absent here matches `*`."""
+    limit_tokens: Tokens | None = None
+    limit_cost: Money | None = None
+    window: Window = Window.LIFETIME
+    timezone: Annotated[str, StringConstraints(max_length=64)] = "UTC"
+    action: Action = Action.KILL
+    thresholds: Annotated[tuple[Decimal, ...], Field(min_length=1, max_length=8)] = (
+        Decimal("0.5"),
+        Decimal("0.8"),
+        Decimal("1"),
+    )
+    downgrade_to: Annotated[dict[Name, Name], Field(max_length=64)] = Field(default_factory=dict)
+    """Routing map for `downgrade`: expensive model -> cheaper model."""
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.limit_tokens is None and self.limit_cost is None:
+            raise ValueError("a policy needs limit_tokens, limit_cost or both")
+        if len(set(self.scope)) != len(self.scope):
+            raise ValueError("scope names a dimension twice")
+        if any(not (Decimal(0) < t <= Decimal(1)) for t in self.thresholds):
+            raise ValueError("thresholds are fractions in (0, 1]")
+        return self
+
+
+class SessionState(StrEnum):
+    ACTIVE = "active"
+    WARNED = "warned"
+    DOWNGRADED = "downgraded"
+    PAUSED = "paused"
+    KILLED = "killed"
+
+
+class Signal(Strict):
+    """What a processor tells one session; idempotent by `signal_id` (policy, scope value, window)."""
+
+    signal_id: Annotated[str, StringConstraints(max_length=256)]
+    session_id: Name
+    action: Action
+    policy_id: PolicyId
+    scope: tuple[Scope, ...]
+    scope_value: Annotated[str, StringConstraints(max_length=1024)]
+    window_start: UtcDatetime | None = None
+    limit_tokens: Tokens | None = None
+    limit_cost: Money | None = None
+    spent_tokens: int
+    spent_cost: Decimal
+    reason: Annotated[str, StringConstraints(max_length=1024)]
+    recommended_model: Name | None = None
+    trigger_event_id: str | None = None
+    issued_at: UtcDatetime
+
+
+class SessionStatus(Strict):
+    """The latest standing of one session, compacted by session id."""
+
+    session_id: Name
+    state: SessionState
+    signal: Signal | None = None
+    updated_at: UtcDatetime
