@@ -17,9 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="AGENTLEDGER_", frozen=True, extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="AGENTLEDGER_", frozen=True, extra="ignore", populate_by_name=True)
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:19092"

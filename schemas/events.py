@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 MAX_TOKENS = 100_000_000
 """Upper bound for any token field of one call; a larger count is a bug, not usage."""
