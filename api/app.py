@@ -1,0 +1,98 @@
+"""The FastAPI application: reports over the warehouse, and in embedded mode the sink too."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agentledger.settings import Settings
+from api.errors import ApiError, WarehouseUnavailable
+from api.migrations import migrate
+from api.routes import chargeback
+from api.sink import Sink
+from api.warehouse import Warehouse, WarehouseError, open_warehouse
+
+log = structlog.get_logger(__name__)
+
+
+def _run_sink(sink: Sink, stop: threading.Event, app: FastAPI) -> None:
+    try:
+        sink.run(stop)
+    except Exception as exc:
+        app.state.sink_error = str(exc)
+        log.exception("sink.crashed")
+
+
+def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_sink: bool) -> FastAPI:
+    """The API. Without `warehouse`, the lifespan opens one from settings and closes it.
+
+    With `with_sink`, the sink runs as a thread of this process (embedded mode needs that:
+    one process per chDB folder) and stops with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = warehouse is None
+        wh = open_warehouse(settings) if owned else warehouse
+        assert wh is not None
+        app.state.settings = settings
+        app.state.warehouse = wh
+        app.state.sink = None
+        app.state.sink_error = None
+        stop = threading.Event()
+        thread = None
+        try:
+            migrate(wh, settings.database)
+            if with_sink:
+                app.state.sink = Sink(settings, wh)
+                thread = threading.Thread(
+                    target=_run_sink, args=(app.state.sink, stop, app), name="agentledger-sink", daemon=True
+                )
+                thread.start()
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=60)
+            if owned:
+                wh.close()
+
+    app = FastAPI(
+        title="agentledger",
+        summary="Cost accounting and chargeback for AI agents",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()})
+
+    @app.exception_handler(WarehouseError)
+    async def warehouse_error(request: Request, exc: WarehouseError) -> JSONResponse:
+        log.error("warehouse.error", path=request.url.path, error=str(exc))
+        return await api_error(request, WarehouseUnavailable("the warehouse could not answer"))
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz(request: Request) -> dict[str, object]:
+        state = request.app.state
+        sink = state.sink
+        return {
+            "status": "ok" if state.sink_error is None else "degraded",
+            "backend": state.warehouse.backend,
+            "sink": None
+            if sink is None
+            else {"rows_inserted": sink.rows_inserted, "batches": sink.batches, "error": state.sink_error},
+        }
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(chargeback.router)
+    return app

@@ -1,0 +1,290 @@
+"""The sink: `priced-events` -> warehouse, exactly once in every report.
+
+Per batch (up to `sink_batch_rows` rows or `sink_batch_seconds`), each partition's rows are
+cut at offset boundaries aligned to `sink_batch_rows` and inserted as one block per chunk,
+with `insert_deduplication_token = topic:partition:first:last`. Offsets are committed
+synchronously only after every insert of the batch succeeded. After a crash between insert
+and commit the same records are read again: the same chunk gets the same token and the
+engine drops it; should the chunk come out different, reports still count each event_id
+once (they deduplicate in the query), so no total doubles.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import ValidationError
+
+from agentledger.kafka_admin import ensure_topics
+from agentledger.settings import Settings
+from api import metrics
+from api.migrations import migrate
+from api.warehouse import Warehouse, WarehouseError, open_warehouse
+from schemas import codec
+from schemas.events import MAX_EVENT_BYTES, DeadLetter, PricedEvent, utcnow
+from schemas.topics import COST_EVENTS_DLQ, PRICED_EVENTS, topic_name
+
+log = structlog.get_logger(__name__)
+
+PRICED_EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id", "schema_version", "kind", "occurred_at", "received_at", "priced_at",
+    "session_id", "thread_id", "workflow_id", "step", "step_name", "agent_type",
+    "team", "project", "customer", "tags",
+    "provider", "model", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "reasoning_tokens", "latency_ms", "streamed", "cache_hit",
+    "tool_name", "duration_ms", "tool_fee", "error",
+    "max_output_tokens", "estimated_cost", "settles", "reported_cost", "adjustment_amount", "reason",
+    "cost", "list_cost", "input_cost", "output_cost", "currency", "price_source", "price_version",
+    "unpriced", "late", "clamped",
+    "kafka_topic", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+
+_PRICE_FIELDS = ("cost", "list_cost", "input_cost", "output_cost", "currency", "price_source", "price_version",
+                 "unpriced", "late", "clamped")  # fmt: skip
+
+
+class SinkError(Exception):
+    """The sink cannot go on (a Kafka fatal error or a warehouse error that retrying cannot fix).
+    Offsets of the failed batch are not committed: fix the cause and restart; nothing is lost."""
+
+
+def priced_event_row(priced: PricedEvent, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
+    """One `priced_events` row, in PRICED_EVENT_COLUMNS order."""
+    event = priced.event
+    values: dict[str, Any] = event.model_dump(mode="python")
+    values["kind"] = event.kind.value
+    values["received_at"] = event.received_at
+    values["priced_at"] = priced.priced_at
+    for name in _PRICE_FIELDS:
+        values[name] = getattr(priced, name)
+    values["kafka_topic"] = topic
+    values["kafka_partition"] = partition
+    values["kafka_offset"] = offset
+    return tuple(values[c] for c in PRICED_EVENT_COLUMNS)
+
+
+def dedup_token(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
+    return f"{topic}:{partition}:{first_offset}:{last_offset}"
+
+
+def aligned_chunks(
+    records: Sequence[tuple[int, tuple[Any, ...]]], size: int
+) -> list[list[tuple[int, tuple[Any, ...]]]]:
+    """Cut (offset, row) records of one partition where offset // size changes, so a
+    re-read after a crash cuts the same chunks and gets the same tokens."""
+    chunks: list[list[tuple[int, tuple[Any, ...]]]] = []
+    window = None
+    for record in records:
+        w = record[0] // size
+        if w != window:
+            chunks.append([])
+            window = w
+        chunks[-1].append(record)
+    return chunks
+
+
+class Sink:
+    def __init__(self, settings: Settings, warehouse: Warehouse) -> None:
+        self.settings = settings
+        self.warehouse = warehouse
+        self.topic = topic_name(settings.topic_prefix, PRICED_EVENTS)
+        self.dlq_topic = topic_name(settings.topic_prefix, COST_EVENTS_DLQ)
+        self.rows_inserted = 0
+        self.batches = 0
+        self.dead_letters = 0
+        self._pending: dict[int, list[tuple[int, tuple[Any, ...]]]] = {}
+        self._seen: dict[int, int] = {}
+        self._dlq_errors: list[str] = []
+        self._stop = threading.Event()
+        self._last_lag = 0.0
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- Kafka -----------------------------------------------------------------------------
+
+    def _make_consumer(self) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": self.settings.sink_group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "client.id": "agentledger-sink",
+            }
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Finish what was read from the partitions we are losing, so the new owner starts
+        # after it; if that fails the records are simply read again by the new owner.
+        try:
+            self.flush()
+        finally:
+            for tp in partitions:
+                self._pending.pop(tp.partition, None)
+                self._seen.pop(tp.partition, None)
+
+    def _dead_letter(self, msg: Message, reason: str, code: str) -> None:
+        assert self._producer is not None
+        payload = (msg.value() or b"")[:MAX_EVENT_BYTES].decode("utf-8", errors="replace")
+        letter = DeadLetter(
+            topic=msg.topic() or self.topic,
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            reason=reason[:4096],
+            error_code=code,
+            payload=payload,
+            failed_at=utcnow(),
+        )
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._dlq_errors.append(str(err))
+
+        self._producer.produce(self.dlq_topic, codec.encode(letter), key=msg.key(), on_delivery=delivered)
+        self._producer.poll(0)
+        self.dead_letters += 1
+        metrics.SINK_DEAD_LETTERS.inc()
+
+    def _accept(self, msg: Message) -> None:
+        partition, offset = msg.partition(), msg.offset()
+        assert partition is not None and offset is not None
+        try:
+            priced = codec.decode(PricedEvent, msg.value() or b"")
+        except ValidationError as exc:
+            self._dead_letter(msg, str(exc), "invalid_priced_event")
+        except ValueError as exc:  # orjson / malformed JSON
+            self._dead_letter(msg, str(exc), "malformed_json")
+        else:
+            row = priced_event_row(priced, msg.topic() or self.topic, partition, offset)
+            self._pending.setdefault(partition, []).append((offset, row))
+        self._seen[partition] = offset
+
+    # -- warehouse ---------------------------------------------------------------------------
+
+    def _insert(self, partition: int, chunk: list[tuple[int, tuple[Any, ...]]]) -> None:
+        token = dedup_token(self.topic, partition, chunk[0][0], chunk[-1][0])
+        rows = [row for _, row in chunk]
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                self.warehouse.insert(
+                    self.settings.database, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token=token
+                )
+            except WarehouseError as exc:
+                if not exc.retryable:
+                    raise SinkError(f"insert failed, not retryable: {exc}") from exc
+                metrics.SINK_RETRIES.inc()
+                log.warning("sink.insert_retry", error=str(exc), delay=delay)
+                if self._stop.wait(delay):
+                    raise SinkError("stopped while the warehouse was failing; batch not committed") from exc
+                delay = min(delay * 2, 5.0)
+                continue
+            metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
+            break
+        self.rows_inserted += len(rows)
+        self.batches += 1
+        metrics.SINK_ROWS.inc(len(rows))
+        metrics.SINK_BATCHES.inc()
+
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def flush(self) -> None:
+        """Insert what is pending, make dead letters durable, then commit offsets."""
+        if not self._seen:
+            return
+        for partition, records in sorted(self._pending.items()):
+            for chunk in aligned_chunks(records, self.settings.sink_batch_rows):
+                self._insert(partition, chunk)
+        if self._producer is not None and self.dead_letters:
+            remaining = self._producer.flush(30)
+            if remaining or self._dlq_errors:
+                raise SinkError(f"dead letters not delivered: {self._dlq_errors or remaining}")
+        self._commit([TopicPartition(self.topic, p, o + 1) for p, o in sorted(self._seen.items())])
+        self._pending.clear()
+        self._seen.clear()
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < 5 or self._consumer is None:
+            return
+        self._last_lag = now
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                if tp.offset < 0:
+                    continue
+                _low, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                metrics.SINK_LAG.labels(str(tp.partition)).set(max(high - tp.offset, 0))
+        except KafkaException as exc:
+            log.debug("sink.lag_unavailable", error=str(exc))
+
+    # -- loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set; on a clean stop the pending batch is flushed."""
+        self._stop = stop
+        ensure_topics(self.settings, (PRICED_EVENTS, COST_EVENTS_DLQ))
+        self._consumer = self._make_consumer()
+        self._producer = Producer(
+            {"bootstrap.servers": self.settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True}
+        )
+        self._consumer.subscribe([self.topic], on_revoke=self._on_revoke)
+        batch_rows = self.settings.sink_batch_rows
+        batch_started: float | None = None
+        try:
+            while not stop.is_set():
+                messages = self._consumer.consume(num_messages=min(batch_rows, 5000), timeout=0.1)
+                for msg in messages:
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise SinkError(f"fatal Kafka error: {err}")
+                        log.warning("sink.kafka_error", error=str(err))
+                        continue
+                    if batch_started is None:
+                        batch_started = time.monotonic()
+                    self._accept(msg)
+                pending = sum(len(r) for r in self._pending.values())
+                if batch_started is not None and (
+                    pending >= batch_rows or time.monotonic() - batch_started >= self.settings.sink_batch_seconds
+                ):
+                    self.flush()
+                    batch_started = None
+                self._update_lag()
+            self.flush()
+        finally:
+            # No commit here: after a failure the uncommitted records are read again.
+            self._consumer.close()
+            self._producer.flush(5)
+
+
+def run_sink(settings: Settings) -> None:
+    """The standalone sink process: migrate, consume until SIGINT/SIGTERM, stop cleanly.
+
+    In embedded (chDB) mode use the API process instead, which runs the sink as a thread:
+    a chDB folder can be opened by one process only."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("sink.stopping", signal=signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    warehouse = open_warehouse(settings)
+    try:
+        migrate(warehouse, settings.database)
+        Sink(settings, warehouse).run(stop)
+    finally:
+        warehouse.close()
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from api.migrations import load_migrations
+from api.sink import PRICED_EVENT_COLUMNS, aligned_chunks, dedup_token, priced_event_row
+from api.warehouse import WarehouseError, bind_value, check_dedup_token, error_from_message
+from api.warehouse.chdb import decode_json_result, encode_json_each_row
+
+pytestmark = pytest.mark.unit
+
+
+def test_bind_value_text_forms():
+    assert bind_value(Decimal("0.000000000001")) == "0.000000000001"
+    assert bind_value(datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))) == (
+        "2026-03-01 12:00:00.000000"
+    )
+    assert bind_value(None) == "\\N"
+    assert bind_value(True) == "true"
+    assert bind_value(7) == "7"
+    assert bind_value(["a'b", "c\\"]) == "['a\\'b','c\\\\']"
+    with pytest.raises(WarehouseError):
+        bind_value(1.5)  # floats are never money and never bound
+
+
+def test_decode_json_result_keeps_decimals_exact():
+    payload = (
+        b'{"meta":[{"name":"c","type":"Decimal(38, 12)"},{"name":"n","type":"UInt64"},'
+        b'{"name":"t","type":"DateTime64(6, \'UTC\')"},{"name":"team","type":"LowCardinality(Nullable(String))"},'
+        b'{"name":"z","type":"Nullable(Decimal(38, 12))"}],'
+        b'"data":[[123456789012345678.123456789012, "18446744073709551615", "2026-03-01 12:00:00.500000", null, 3]]}'
+    )
+    [row] = decode_json_result(payload)
+    assert row["c"] == Decimal("123456789012345678.123456789012")
+    assert isinstance(row["c"], Decimal)
+    assert row["n"] == 18446744073709551615
+    assert row["t"] == datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
+    assert row["team"] is None
+    assert row["z"] == Decimal(3) and isinstance(row["z"], Decimal)
+
+
+def test_encode_json_each_row_sends_decimals_as_strings():
+    body = encode_json_each_row(("c", "t", "m"), [(Decimal("1E-12"), datetime(2026, 1, 1, tzinfo=UTC), {"k": "v"})])
+    assert orjson.loads(body) == {"c": "0.000000000001", "t": "2026-01-01 00:00:00.000000", "m": {"k": "v"}}
+
+
+def test_error_codes_decide_retry():
+    assert error_from_message("Code: 252. DB::Exception: Too many parts").retryable
+    assert not error_from_message("Code: 60. DB::Exception: Unknown table").retryable
+    assert error_from_message("connection reset", default_retryable=True).retryable
+
+
+def test_dedup_token_is_checked():
+    assert check_dedup_token(dedup_token("t1.priced-events", 2, 10, 19)) == "t1.priced-events:2:10:19"
+    with pytest.raises(WarehouseError):
+        check_dedup_token("x' , max_threads=1")
+
+
+def test_aligned_chunks_cut_on_offset_windows():
+    records = [(o, (o,)) for o in (3, 4, 5, 8, 9, 10, 21)]
+    chunks = aligned_chunks(records, 5)
+    assert [[o for o, _ in c] for c in chunks] == [[3, 4], [5, 8, 9], [10], [21]]
+
+
+def test_priced_event_row_covers_every_column(priced_event_factory):
+    priced = priced_event_factory(cost="1.5", team=None, tags={"env": "prod"})
+    row = dict(zip(PRICED_EVENT_COLUMNS, priced_event_row(priced, "t.priced-events", 1, 42), strict=True))
+    assert row["cost"] == Decimal("1.5")
+    assert row["team"] is None
+    assert row["kind"] == "llm_call"
+    assert row["tags"] == {"env": "prod"}
+    assert (row["kafka_topic"], row["kafka_partition"], row["kafka_offset"]) == ("t.priced-events", 1, 42)
+    assert row["event_id"] == priced.event.event_id
+
+
+def test_migrations_are_numbered_and_split():
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == sorted(m.version for m in migrations)
+    assert migrations[0].name == "0001_priced_events.sql"
+    assert all("{database:Identifier}" in s for s in migrations[0].statements)
