@@ -1,0 +1,348 @@
+"""From the agent thread to Kafka: bounded queue, write-ahead spool, one delivery thread.
+
+The agent thread only appends a dict of fields to a deque (or, when the deque is full,
+writes the event to the spool itself). The delivery thread validates and encodes, appends
+each batch to the spool, hands spool rows to a confluent-kafka idempotent producer (at
+most `max_in_flight` unacknowledged at a time), and deletes rows once Kafka acknowledges
+them. While Kafka is down the producer holds its window (librdkafka retries it, without
+duplicates, since `message.timeout.ms` is infinite) and everything else waits in the spool.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from ingest.config import IngestConfig
+from ingest.errors import InvalidEvent
+from ingest.spool import Spool, SpoolRow
+from ingest.stats import Stats
+from schemas.codec import encode
+from schemas.events import MAX_EVENT_BYTES, CostEvent
+from schemas.topics import COST_EVENTS, topic_name
+
+log = logging.getLogger("agentledger.ingest")
+
+Prepared = tuple[bytes, bytes]
+"""(key, value) of an event that passed validation."""
+
+
+def encode_event(fields: dict[str, Any]) -> Prepared:
+    """Validate the fields as a `CostEvent` and encode them; raises `InvalidEvent`."""
+    try:
+        event = CostEvent(**fields)
+    except ValidationError as exc:
+        raise InvalidEvent(f"invalid cost event: {exc}") from None
+    except TypeError as exc:
+        raise InvalidEvent(f"invalid cost event: {exc}") from None
+    value = encode(event)
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"cost event is {len(value)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+    return event.session_id.encode(), value
+
+
+def describe_invalid(fields: dict[str, Any]) -> str:
+    """Which fields failed, without their values (tags could hold anything)."""
+    try:
+        CostEvent(**fields)
+    except ValidationError as exc:
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors())
+    except Exception as exc:
+        return type(exc).__name__
+    return "oversize"
+
+
+def producer_config(config: IngestConfig) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": config.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        # murmur2 like the Java client and aiokafka (faust): the same key lands on the same
+        # partition whoever produces it.
+        "partitioner": "murmur2_random",
+        "linger.ms": config.linger_ms,
+        "message.timeout.ms": 0,
+        "queue.buffering.max.messages": max(config.max_in_flight * 2, 1000),
+        "compression.type": "lz4",
+        "client.id": "agentledger-hook",
+        **config.producer_config,
+    }
+
+
+class Delivery:
+    """The queue, the spool and the delivery thread of one configured process."""
+
+    def __init__(self, config: IngestConfig, stats: Stats) -> None:
+        self.config = config
+        self.stats = stats
+        self.topic = topic_name(config.topic_prefix, COST_EVENTS)
+        self.spool = Spool(config.spool_dir, max_events=config.spool_max_events, max_bytes=config.spool_max_bytes)
+        self._queue: collections.deque[dict[str, Any] | Prepared] = collections.deque()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._stop = threading.Event()
+        self._hard_deadline: float | None = None
+        self._cursor = 0
+        """Highest spool id handed to the producer (in order)."""
+        self._in_flight: dict[int, tuple[bool, int]] = {}
+        """spool id -> (counts as replayed, value length)."""
+        self._acked: list[int] = []
+        self._retry: list[int] = []
+        self._failed: list[tuple[int, str]] = []
+        self._down = False
+        self._fatal = False
+        self._idle = threading.Event()
+        self._producer: Any = None
+        self._thread = threading.Thread(target=self._run, name="agentledger-delivery", daemon=True)
+        self._thread.start()
+
+    # -- agent thread ------------------------------------------------------------------
+
+    def submit(self, item: dict[str, Any] | Prepared) -> None:
+        """Hand an event over; never blocks on the network."""
+        if len(self._queue) >= self.config.queue_size:
+            self._overflow(item)
+            return
+        self._idle.clear()
+        self._queue.append(item)
+        if self._sleeping:
+            self._wake.set()
+
+    def _overflow(self, item: dict[str, Any] | Prepared) -> None:
+        prepared = self._prepare(item)
+        if prepared is None:
+            return
+        self.stats.add("queue_full")
+        self.stats.add("spooled")
+        self._idle.clear()
+        self._store([prepared], waited=True)
+        if self._sleeping:
+            self._wake.set()
+
+    # -- either thread ---------------------------------------------------------------
+
+    def _prepare(self, item: dict[str, Any] | Prepared) -> Prepared | None:
+        if isinstance(item, tuple):
+            return item
+        try:
+            return encode_event(item)
+        except InvalidEvent:
+            self.stats.add("invalid")
+            log.error("agentledger: invalid cost event dropped (%s)", describe_invalid(item))
+            return None
+
+    def _store(self, prepared: list[Prepared], *, waited: bool) -> None:
+        stored = self.spool.append([(self.topic, key, value, waited) for key, value in prepared])
+        if stored < len(prepared):
+            lost = len(prepared) - stored
+            self.stats.add("spool_full")
+            self.stats.add("dropped", lost)
+            log.error(
+                "agentledger: spool full (%d events, %d bytes; bounds %d events, %d bytes): %d events dropped",
+                self.spool.count,
+                self.spool.bytes,
+                self.spool.max_events,
+                self.spool.max_bytes,
+                lost,
+            )
+
+    # -- delivery thread -------------------------------------------------------------
+
+    def _make_producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        return Producer({**producer_config(self.config), "error_cb": self._on_error})
+
+    def _on_error(self, err: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        if err.fatal():
+            self._fatal = True
+            log.error("agentledger: fatal producer error, rebuilding the producer: %s", err)
+        elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if not self._down:
+                log.warning("agentledger: Kafka unreachable, spooling events to %s", self.spool.path)
+            self._down = True
+
+    def _on_delivery(self, row_id: int, err: Any, _msg: Any) -> None:
+        if err is None:
+            self._acked.append(row_id)
+        elif err.retriable() or err.code() < 0:
+            # local errors (timeouts, purges) and retriable broker errors: send again
+            self._retry.append(row_id)
+        else:
+            self._failed.append((row_id, str(err)))
+
+    def _run(self) -> None:
+        try:
+            self._producer = self._make_producer()
+            self._loop()
+        except Exception:
+            self.stats.add("errors")
+            log.exception("agentledger: delivery thread failed; events stay in the spool")
+
+    def _loop(self) -> None:
+        while True:
+            moved = self._drain_queue()
+            self._producer.poll(0)
+            self._settle_acks()
+            if self._fatal:
+                self._rebuild()
+            sent = self._produce()
+            if self._stop.is_set():
+                done = not self._queue and not self._in_flight and self.spool.count == 0
+                if done or (self._hard_deadline is not None and time.monotonic() >= self._hard_deadline):
+                    self._shutdown_producer()
+                    return
+            if moved or sent:
+                continue
+            if not self._queue and not self._in_flight and self.spool.count == 0:
+                self._idle.set()
+            if self._in_flight:
+                self._producer.poll(0.005)
+            else:
+                self._sleeping = True
+                if not self._queue:
+                    self._wake.wait(0.05 if self.spool.count == 0 else 0.2)
+                self._wake.clear()
+                self._sleeping = False
+
+    def _drain_queue(self) -> int:
+        batch: list[Prepared] = []
+        popleft = self._queue.popleft
+        while len(batch) < 5000:
+            try:
+                item = popleft()
+            except IndexError:
+                break
+            prepared = self._prepare(item)
+            if prepared is not None:
+                batch.append(prepared)
+        if batch:
+            # behind a backlog or with Kafka down, these events will wait: count them as spooled
+            waited = self._down or self.spool.count > len(self._in_flight)
+            if waited:
+                self.stats.add("spooled", len(batch))
+            self._store(batch, waited=waited)
+        return len(batch)
+
+    def _settle_acks(self) -> None:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            replayed = size = 0
+            for row_id in acked:
+                was_spooled, length = self._in_flight.pop(row_id, (False, 0))
+                replayed += was_spooled
+                size += length
+            self.spool.delete(acked, size)
+            self.stats.add("delivered", len(acked))
+            if replayed:
+                self.stats.add("replayed", replayed)
+            if self._down:
+                log.warning("agentledger: Kafka reachable again, replaying the spool")
+            self._down = False
+        if self._failed:
+            failed, self._failed = self._failed, []
+            size = 0
+            for row_id, _ in failed:
+                size += self._in_flight.pop(row_id, (False, 0))[1]
+            self.spool.delete([row_id for row_id, _ in failed], size)
+            self.stats.add("dropped", len(failed))
+            log.error("agentledger: Kafka refused %d events for good: %s", len(failed), failed[0][1])
+
+    def _produce(self) -> int:
+        room = self.config.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            return 0
+        rows: list[SpoolRow] = []
+        if self._retry:
+            retry, self._retry = self._retry, []
+            for row_id in retry:
+                self._in_flight.pop(row_id, None)
+            rows = self.spool.read_ids(sorted(retry))
+            room -= len(rows)
+        if room > 0 and self.spool.count > len(self._in_flight) + len(rows):
+            rows.extend(self.spool.read_after(self._cursor, min(room, 5000)))
+        sent = 0
+        for row in rows:
+            try:
+                self._producer.produce(
+                    row.topic, row.value, row.key, on_delivery=functools.partial(self._on_delivery, row.id)
+                )
+            except BufferError:
+                self._retry.append(row.id)
+                continue
+            replay = row.waited or row.id <= self.spool.inherited_upto
+            self._in_flight[row.id] = (replay, len(row.value))
+            self._cursor = max(self._cursor, row.id)
+            sent += 1
+        return sent
+
+    def _rebuild(self) -> None:
+        self._fatal = False
+        self._shutdown_producer()
+        self._in_flight.clear()
+        self._acked.clear()
+        self._retry.clear()
+        self._cursor = 0
+        self._producer = self._make_producer()
+
+    def _shutdown_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
+        except Exception:
+            log.debug("agentledger: purge failed", exc_info=True)
+        self._settle_acks()
+
+    # -- control ---------------------------------------------------------------------
+
+    def pending(self) -> int:
+        return len(self._queue) + self.spool.count
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every accepted event is acknowledged by Kafka; False on timeout."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._wake.set()
+        while True:
+            if not self._queue and self.spool.count == 0 and not self._in_flight:
+                return True
+            if not self._thread.is_alive():
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._idle.wait(min(remaining, 0.01))
+
+    def close(self, timeout: float) -> bool:
+        """Deliver what can be delivered within `timeout`; the rest stays in the spool."""
+        self._hard_deadline = time.monotonic() + max(timeout, 0.0)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(max(timeout, 0.0) + 5.0)
+        clean = self.spool.count == 0 and not self._queue
+        if self._queue:
+            # the thread is gone; keep what is left on disk for the next process
+            rest = [p for p in (self._prepare(self._queue.popleft()) for _ in range(len(self._queue))) if p]
+            self._store(rest, waited=True)
+        if not self._thread.is_alive():
+            self.spool.close()
+        return clean
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop the parent's queue, thread, producer and spool handle."""
+        self._queue.clear()
+        self._producer = None
+        self.spool.abandon_after_fork()

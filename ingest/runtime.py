@@ -1,0 +1,135 @@
+"""The process-wide state behind the public functions: one configured runtime or none.
+
+`configure()` builds it; `atexit` flushes and closes it; after `fork()` the child builds
+a fresh one (own queue, delivery thread, producer, spool file and listener) from the same
+configuration, and never touches the parent's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+from ingest.config import IngestConfig
+from ingest.delivery import Delivery, encode_event
+from ingest.signals import SessionGuards, SignalListener
+from ingest.stats import IngestStats, Stats
+
+log = logging.getLogger("agentledger.ingest")
+
+
+class Runtime:
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.guards = SessionGuards()
+        self.delivery = Delivery(config, self.stats)
+        self.listener = SignalListener(config, self.guards, self.stats) if config.listen_signals else None
+        if self.listener is None:
+            self.guards.ready.set()
+        self._waited = False
+        self.closed = False
+
+    def submit(self, fields: dict[str, Any]) -> None:
+        """Dev mode: validate here and raise; production: validate on the delivery thread."""
+        if self.config.development:
+            try:
+                prepared = encode_event(fields)
+            except Exception:
+                self.stats.add("invalid")
+                raise
+            self.stats.add("recorded")
+            self.delivery.submit(prepared)
+        else:
+            self.stats.add("recorded")
+            self.delivery.submit(fields)
+
+    def wait_ready(self) -> None:
+        """Once per process: give the session-status snapshot a moment to load."""
+        if self._waited:
+            return
+        self._waited = True
+        if not self.guards.ready.wait(self.config.status_wait_s):
+            log.warning("agentledger: session-status not loaded after %.1fs; going on", self.config.status_wait_s)
+
+    def flush(self, timeout: float) -> bool:
+        return self.delivery.flush(timeout)
+
+    def close(self, timeout: float) -> bool:
+        if self.closed:
+            return True
+        self.closed = True
+        clean = self.delivery.close(timeout)
+        if self.listener is not None:
+            self.listener.close()
+        return clean
+
+    def snapshot(self) -> IngestStats:
+        return self.stats.snapshot(pending=self.delivery.pending(), queued=self.delivery.queued())
+
+    def abandon_after_fork(self) -> None:
+        self.closed = True
+        self.delivery.abandon_after_fork()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_hooks_installed = False
+
+
+def current() -> Runtime | None:
+    return _runtime
+
+
+def install(config: IngestConfig) -> Runtime:
+    global _runtime
+    with _lock:
+        _install_hooks()
+        old, _runtime = _runtime, None
+        if old is not None:
+            old.close(config.exit_timeout_s)
+        _runtime = Runtime(config)
+        return _runtime
+
+
+def uninstall(timeout: float) -> bool:
+    global _runtime
+    with _lock:
+        old, _runtime = _runtime, None
+    return old.close(timeout) if old is not None else True
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_at_exit)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _at_exit() -> None:
+    runtime = _runtime
+    if runtime is None:
+        return
+    try:
+        runtime.close(runtime.config.exit_timeout_s)
+    except Exception:
+        log.exception("agentledger: close at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    global _runtime, _lock
+    _lock = threading.Lock()  # the parent's may have been held by another thread at fork time
+    parent = _runtime
+    if parent is None:
+        return
+    parent.abandon_after_fork()
+    try:
+        _runtime = Runtime(parent.config)
+    except Exception:
+        _runtime = None
+        log.exception("agentledger: could not re-arm the hook after fork; recording is off in this child")
