@@ -159,8 +159,9 @@ class Sink:
         try:
             priced = codec.decode(PricedEvent, msg.value() or b"")
         except ValidationError as exc:
-            self._dead_letter(msg, str(exc), "invalid_priced_event")
-        except ValueError as exc:  # orjson / malformed JSON
+            malformed = any(e["type"] == "json_invalid" for e in exc.errors())
+            self._dead_letter(msg, str(exc), "malformed_json" if malformed else "invalid_priced_event")
+        except ValueError as exc:
             self._dead_letter(msg, str(exc), "malformed_json")
         else:
             row = priced_event_row(priced, msg.topic() or self.topic, partition, offset)
@@ -263,7 +264,10 @@ class Sink:
                 self._update_lag()
             self.flush()
         finally:
-            # No commit here: after a failure the uncommitted records are read again.
+            # No commit here: after a failure the uncommitted records are read again. Forget
+            # them first, or close() would flush them from the revoke callback.
+            self._pending.clear()
+            self._seen.clear()
             self._consumer.close()
             self._producer.flush(5)
 

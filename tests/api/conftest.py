@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from agentledger.settings import Settings
 from api.warehouse import Warehouse
@@ -108,6 +108,16 @@ def warehouse_factory() -> Iterator[Callable[[Settings], Warehouse]]:
         wh.close()
 
 
+def _high_watermark(consumer: Consumer, tp: TopicPartition) -> int:
+    # A partition created a moment ago may not have a leader yet: ask again.
+    for _ in range(50):
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)[1]
+        except KafkaException:
+            time.sleep(0.2)
+    return consumer.get_watermark_offsets(tp, timeout=10)[1]
+
+
 def end_offsets(settings: Settings) -> dict[int, int]:
     topic = topic_name(settings.topic_prefix, PRICED_EVENTS)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.sink_group})
@@ -115,8 +125,7 @@ def end_offsets(settings: Settings) -> dict[int, int]:
         meta = consumer.list_topics(topic, timeout=10)
         out = {}
         for p in meta.topics[topic].partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            out[p] = high
+            out[p] = _high_watermark(consumer, TopicPartition(topic, p))
         return out
     finally:
         consumer.close()
