@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.errors import InvalidParameter
 from api.queries import DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, chargeback_query, parse_group_by
+from api.warehouse import Warehouse
 
 router = APIRouter(prefix="/v1", tags=["reports"])
 
@@ -53,15 +54,16 @@ def _totals(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_report(warehouse: Any, database: str, group_by: tuple[str, ...], start, end) -> ChargebackReport:
+def build_report(
+    warehouse: Warehouse, database: str, group_by: tuple[str, ...], start: datetime | None, end: datetime | None
+) -> ChargebackReport:
     sql, params = chargeback_query(database, group_by, start, end)
     rows = warehouse.query(sql, params)
     report_rows = [ChargebackRow(group={g: row[g] for g in group_by}, **_totals(row)) for row in rows]
     # The grand total is the exact Decimal sum of the group rows: it adds up to the cent by construction.
-    total = ChargebackTotals(
-        **{m: sum((getattr(r, m) for r in report_rows), Decimal(0)) for m in MONEY_MEASURES},
-        **{t: sum(getattr(r, t) for r in report_rows) for t in (*TOKEN_MEASURES, "calls")},
-    )
+    sums: dict[str, Any] = {m: sum((getattr(r, m) for r in report_rows), Decimal(0)) for m in MONEY_MEASURES}
+    sums.update({t: sum(getattr(r, t) for r in report_rows) for t in (*TOKEN_MEASURES, "calls")})
+    total = ChargebackTotals(**sums)
     return ChargebackReport(group_by=list(group_by), start=start, end=end, rows=report_rows, total=total)
 
 

@@ -134,7 +134,7 @@ class ChdbWarehouse:
         if self._closed:
             raise WarehouseError("warehouse is closed")
         try:
-            with self._lock, self._session._conn.send_insert(sql, "JSONEachRow") as inserter:
+            with self._lock, self._session.send_insert(sql, "JSONEachRow") as inserter:
                 inserter.append(body)
                 inserter.finish()
         except RuntimeError as exc:

@@ -228,3 +228,39 @@ def test_non_retryable_insert_error_stops_the_sink_without_commit(
     from tests.api.conftest import committed_offsets
 
     assert all(o < 0 for o in committed_offsets(settings).values())
+
+
+class FlakyWarehouse:
+    """The real chDB warehouse behind a few retryable insert failures (too many parts)."""
+
+    def __init__(self, inner, failures):
+        self.inner, self.failures, self.attempts = inner, failures, 0
+        self.backend = inner.backend
+
+    def insert(self, *args, **kwargs):
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            from api.warehouse import error_from_message
+
+            raise error_from_message("Code: 252. DB::Exception: Too many parts")
+        return self.inner.insert(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_retryable_insert_errors_back_off_and_land_once(
+    settings_factory, warehouse_factory, priced_event_factory, produce_priced
+):
+    settings = settings_factory(sink_batch_seconds=0.2)
+    wh = warehouse_factory(settings)
+    migrate(wh, settings.database)
+    flaky = FlakyWarehouse(wh, failures=3)
+    events = [priced_event_factory(cost="0.5") for _ in range(6)]
+    produce_priced(settings, events, partition=2)
+    _run_until_caught_up(settings, flaky)
+    assert flaky.attempts >= 4
+    assert _raw_count(wh, settings.database) == 6
+    with TestClient(create_app(settings, wh, with_sink=False)) as client:
+        assert _report(client, group_by="model")["rows"][0]["cost"] == "3.000000000000"
