@@ -71,6 +71,7 @@ def producer_config(config: IngestConfig) -> dict[str, Any]:
         "queue.buffering.max.messages": max(config.max_in_flight * 2, 1000),
         "compression.type": "lz4",
         "client.id": "agentledger-hook",
+        "logger": logging.getLogger("agentledger.ingest.kafka"),
         **config.producer_config,
     }
 

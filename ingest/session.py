@@ -182,14 +182,19 @@ class Session:
         return state
 
     def _local_cap(self, extra: int) -> None:
-        if self.token_cap is not None and self.used_tokens + extra > self.token_cap:
-            raise BudgetExceeded(
-                f"token cap: {self.used_tokens} used + {extra} estimated > {self.token_cap}",
-                session_id=self.session_id,
-                policy_id=LOCAL_CAP_POLICY,
-                limit_tokens=self.token_cap,
-                spent_tokens=self.used_tokens,
-            )
+        if self.token_cap is not None and (
+            self.used_tokens >= self.token_cap or self.used_tokens + extra > self.token_cap
+        ):
+            raise self._cap_error(extra)
+
+    def _cap_error(self, extra: int) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"token cap: {self.used_tokens} used + {extra} estimated, cap {self.token_cap}",
+            session_id=self.session_id,
+            policy_id=LOCAL_CAP_POLICY,
+            limit_tokens=self.token_cap,
+            spent_tokens=self.used_tokens,
+        )
 
     def check(self) -> SessionState:
         """Ask whether this session may go on; raises `BudgetExceeded` or `BudgetPaused`.
@@ -200,7 +205,7 @@ class Session:
         """
         state = self._guard()
         if self.token_cap is not None and self.used_tokens >= self.token_cap:
-            self._local_cap(0)
+            raise self._cap_error(0)
         return state
 
     def recommended_model(self, default: str) -> str:

@@ -131,6 +131,7 @@ class SignalListener:
             "isolation.level": "read_uncommitted",
             "socket.nagle.disable": True,
             "client.id": "agentledger-hook-signals",
+            "logger": logging.getLogger("agentledger.ingest.kafka"),
             **self.config.consumer_config,
         }
 
