@@ -1,0 +1,403 @@
+"""The faust-streaming app: validate, dedupe, price, budget, signal.
+
+One agent consumes `cost-events` in batches (`take_events`). For each event it validates
+(bad input goes to `cost-events.dlq` with its reason; the stream goes on), drops repeats of
+an `event_id`, prices, publishes the PricedEvent to `priced-events` on the source partition,
+adds usage to the session's budgets and, when a limit is reached, publishes a Signal and the
+session's status through a separate low-latency producer.
+
+Exactly-once: with `processing_guarantee="exactly_once"` faust wraps, per source partition,
+the priced events, dead letters, table changelog writes and the consumed offsets in one
+Kafka transaction. Dedupe and budget state live in memory (faust memory-store tables) and
+reach their changelogs once per changed key per batch, inside that transaction; after a
+crash the worker restores them from the committed changelog and re-reads from the committed
+offset, so an event is counted once. Signals are sent outside the transaction (they must be
+fast); a replay re-sends the same `signal_id`, which consumers treat as a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from pydantic import ValidationError
+
+from agentledger.settings import Settings
+from processors import metrics
+from processors.budget import (
+    BudgetBook,
+    attribution_of,
+    default_session_policy,
+    make_signal,
+    unpriced_kill_signal,
+    usage_of,
+)
+from processors.pricing import Pricer
+from schemas.budgets import Action, BudgetPolicy, Scope, SessionState, SessionStatus, Signal
+from schemas.codec import encode
+from schemas.events import MAX_EVENT_BYTES, CostEvent, DeadLetter, PricedEvent
+from schemas.topics import (
+    BUDGET_POLICIES,
+    COST_EVENTS,
+    COST_EVENTS_DLQ,
+    PRICED_EVENTS,
+    SESSION_STATUS,
+    SIGNALS,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 1000
+BATCH_WITHIN_S = 0.01
+DEDUPE_CLEANUP_INTERVAL_S = 300.0
+
+STATE_FOR_ACTION = {
+    Action.WARN: SessionState.WARNED,
+    Action.DOWNGRADE: SessionState.DOWNGRADED,
+    Action.PAUSE: SessionState.PAUSED,
+    Action.KILL: SessionState.KILLED,
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class Rejection:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+def parse_event(raw: bytes | None) -> CostEvent | Rejection:
+    """A CostEvent, or why the bytes are not one (the dead-letter policy's input)."""
+    if raw is None or not raw:
+        return Rejection("empty", "empty message value")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection("oversize", f"event is {len(raw)} bytes, more than {MAX_EVENT_BYTES}")
+    try:
+        return CostEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            return Rejection("invalid_json", f"invalid JSON: {errors[0]['msg']}"[:4096])
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '<event>'}: {e['msg']}" for e in errors]
+        return Rejection("schema", "; ".join(parts)[:4096])
+
+
+# --------------------------------------------------------------------------- policies
+
+
+class PolicyWatcher:
+    """Every budget policy, read from the compacted `budget-policies` topic on every worker.
+
+    No consumer group: each worker reads all partitions from the beginning. `start()` returns
+    once the topic has been read up to its end, then a daemon thread follows new writes.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic(BUDGET_POLICIES.suffix)
+        self._policies: dict[str, BudgetPolicy] = {}
+        self._defaults: tuple[BudgetPolicy, ...] = ()
+        if settings.session_token_cap is not None:
+            self._defaults = (default_session_policy(settings.session_token_cap),)
+        self.current: tuple[BudgetPolicy, ...] = self._defaults
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.worker_id}-policies",  # required by the client, never joined
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+            }
+        )
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        policy_id = key.decode("utf-8", "replace")
+        if value is None:
+            self._policies.pop(policy_id, None)
+        else:
+            try:
+                self._policies[policy_id] = BudgetPolicy.model_validate_json(value)
+            except ValidationError as exc:
+                log.error("policy %s invalid, ignored: %s", policy_id, exc)
+                return
+        self.current = self._defaults + tuple(self._policies.values())
+
+    def _poll(self, timeout: float) -> bool:
+        msg = self._consumer.poll(timeout)
+        if msg is None:
+            return False
+        if msg.error():
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("policy consumer: %s", msg.error())
+            return False
+        self._apply(msg.key(), msg.value())
+        return True
+
+    def start(self, timeout: float = 30.0) -> None:
+        meta = self._consumer.list_topics(self.topic, timeout=timeout)
+        parts = sorted(meta.topics[self.topic].partitions)
+        tps = [TopicPartition(self.topic, p, -2) for p in parts]  # -2: from the beginning
+        self._consumer.assign(tps)
+        ends = {
+            p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)[1] for p in parts
+        }
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = self._consumer.position([TopicPartition(self.topic, p) for p in parts])
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+                break
+            self._poll(0.2)
+        self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._poll(0.2)
+            except Exception:  # the watcher must outlive a broker hiccup
+                log.exception("policy watcher poll failed")
+                time.sleep(1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._consumer.close()
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class SignalPublisher:
+    """Signals and session statuses, outside any transaction, as fast as the broker allows."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.signals_topic = settings.topic(SIGNALS.suffix)
+        self.status_topic = settings.topic(SESSION_STATUS.suffix)
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "linger.ms": 0,
+                "acks": "all",
+                "enable.idempotence": True,
+                # same partitions as the hook and Java/aiokafka for a given session id
+                "partitioner": "murmur2_random",
+            }
+        )
+        self._state: dict[str, SessionState] = {}
+        self._rank: dict[str, int] = {}
+
+    def publish(self, signal: Signal) -> None:
+        key = signal.session_id.encode()
+        self._producer.produce(self.signals_topic, key=key, value=encode(signal))
+        metrics.SIGNALS_SENT.labels(signal.action.value).inc()
+        rank = signal.action.rank
+        if rank >= self._rank.get(signal.session_id, -1):
+            self._rank[signal.session_id] = rank
+            status = SessionStatus(
+                session_id=signal.session_id,
+                state=STATE_FOR_ACTION[signal.action],
+                signal=signal,
+                updated_at=signal.issued_at,
+            )
+            self._producer.produce(self.status_topic, key=key, value=encode(status))
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 5.0) -> int:
+        return self._producer.flush(timeout)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class LedgerApp:
+    """The faust app and the state the agent needs, built from one Settings object."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pricer: Pricer | None = None,
+        policies: PolicyWatcher | None = None,
+        signals: SignalPublisher | None = None,
+        processing_guarantee: str = "exactly_once",
+        now: Callable[[], datetime] = _now,
+    ) -> None:
+        self.settings = settings
+        self.pricer = pricer or Pricer(settings)
+        self.policies = policies or PolicyWatcher(settings)
+        self.signals = signals or SignalPublisher(settings)
+        self.now = now
+        self.app = faust.App(
+            settings.worker_id,
+            broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+            processing_guarantee=processing_guarantee,
+            store="memory://",
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            web_enabled=False,
+            autodiscover=False,
+            consumer_auto_offset_reset="earliest",
+            broker_max_poll_records=BATCH_MAX,
+            stream_buffer_maxsize=4 * BATCH_MAX,
+        )
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.source = self.app.topic(settings.topic(COST_EVENTS.suffix), **raw)
+        self.priced_topic = self.app.topic(settings.topic(PRICED_EVENTS.suffix), **raw)
+        self.dlq_topic = self.app.topic(settings.topic(COST_EVENTS_DLQ.suffix), **raw)
+        raw_schema = faust.Schema(key_type=bytes, value_type=bytes, **raw)
+        self.dedupe = self.app.Table("dedupe", partitions=settings.partitions, schema=raw_schema)
+        self.budgets = self.app.Table("budgets", partitions=settings.partitions, schema=raw_schema)
+        self.book = BudgetBook(loader=self._load_budget)
+        self.app.agent(self.source, name="ledger")(self._agent)
+        self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
+
+    # -- state through faust's memory store: our objects in, raw bytes from a restore
+
+    def _seen(self, event_id: bytes, now_s: float) -> bool:
+        value = self.dedupe.data.get(event_id)
+        if value is None:
+            return False
+        return float(value) >= now_s - self.settings.dedupe_retention_s
+
+    def _remember(self, event_id: bytes, partition: int, now_s: float) -> None:
+        store = self.dedupe.data
+        store[event_id] = str(int(now_s)).encode()
+        store._key_partition[event_id] = partition
+
+    def _load_budget(self, key: str) -> dict[str, Any] | None:
+        raw = self.budgets.data.get(key.encode())
+        return None if raw is None else orjson.loads(raw)
+
+    async def _agent(self, stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await self.handle_batch(events)
+
+    async def handle_batch(self, events: Sequence[faust.EventT]) -> None:
+        now = self.now()
+        now_s = now.timestamp()
+        policies = self.policies.current
+        dedupe_writes: list[tuple[bytes, int, bytes]] = []
+        signals_sent = 0
+        for ev in events:
+            msg = ev.message
+            metrics.EVENTS_CONSUMED.inc()
+            parsed = parse_event(msg.value)
+            if isinstance(parsed, Rejection):
+                await self._dead_letter(msg, parsed, now)
+                continue
+            event_id = parsed.event_id.encode()
+            if self._seen(event_id, now_s):
+                metrics.EVENTS_DEDUPLICATED.inc()
+                continue
+            self._remember(event_id, msg.partition, now_s)
+            dedupe_writes.append((event_id, msg.partition, str(int(now_s)).encode()))
+            event = parsed.model_copy(update={"received_at": now})
+            try:
+                priced = self.pricer.price(event, now)
+            except Exception as exc:  # a pricing bug must not stop the stream
+                log.exception("pricing failed for %s", parsed.event_id)
+                await self._dead_letter(msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
+                continue
+            await self.priced_topic.send(key=event.session_id.encode(), value=encode(priced), partition=msg.partition)
+            metrics.EVENTS_PRICED.inc()
+            for signal in self._budget(priced, policies, now, msg.partition):
+                self.signals.publish(signal)
+                signals_sent += 1
+        if signals_sent:
+            await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
+        for key, partition, value in dedupe_writes:
+            await self.dedupe.changelog_topic.send(key=key, value=value, partition=partition)
+        for key, (state, partition) in self.book.take_dirty().items():
+            bkey = key.encode()
+            store = self.budgets.data
+            store[bkey] = orjson.dumps(state.to_json())
+            store._key_partition[bkey] = partition
+            await self.budgets.changelog_topic.send(key=bkey, value=store[bkey], partition=partition)
+        # the store is the state; the book's copies are per batch, so a rebalance never leaves them stale
+        self.book.states.clear()
+
+    def _budget(
+        self,
+        priced: PricedEvent,
+        policies: Sequence[BudgetPolicy],
+        now: datetime,
+        partition: int,
+    ) -> list[Signal]:
+        event = priced.event
+        out: list[Signal] = []
+        if priced.unpriced:
+            metrics.EVENTS_UNPRICED.labels(self.pricer.unpriced_policy).inc()
+            if self.pricer.unpriced_policy == "block":
+                out.append(unpriced_kill_signal(event, now))
+        usage = usage_of(priced)
+        if usage is None or not policies:
+            return out
+        attribution = attribution_of(event)
+        # only session-scoped budgets are exact per partition; others need a repartition (issue 4)
+        session_policies = [p for p in policies if Scope.SESSION in p.scope]
+        crossings = self.book.apply(session_policies, attribution, event.occurred_at, *usage, tag=partition)
+        for crossing in crossings:
+            if crossing.at_limit:
+                out.append(
+                    make_signal(
+                        crossing,
+                        session_id=event.session_id,
+                        now=now,
+                        trigger_event_id=event.event_id,
+                        model=event.model,
+                    )
+                )
+            else:
+                metrics.THRESHOLDS_CROSSED.inc()
+        return out
+
+    async def _dead_letter(self, msg: Any, rejection: Rejection, now: datetime) -> None:
+        raw: bytes = msg.value or b""
+        letter = DeadLetter(
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason=rejection.reason,
+            error_code=rejection.code,
+            payload=raw[:MAX_EVENT_BYTES].decode("utf-8", "replace"),
+            failed_at=now,
+        )
+        await self.dlq_topic.send(key=msg.key, value=encode(letter), partition=msg.partition)
+        metrics.EVENTS_DEAD_LETTERED.labels(rejection.code).inc()
+
+    async def _expire_dedupe(self) -> None:
+        try:
+            await self._expire_dedupe_once()
+        except Exception:  # cleanup is best effort; the lookup ignores expired ids anyway
+            log.exception("dedupe cleanup failed")
+
+    async def _expire_dedupe_once(self) -> None:
+        horizon = self.now().timestamp() - self.settings.dedupe_retention_s
+        store = self.dedupe.data
+        old = [k for k, v in list(store.items()) if float(v) < horizon]
+        for key in old:
+            partition = store._key_partition.get(key)
+            store.pop(key, None)
+            store._key_partition.pop(key, None)
+            if partition is not None:
+                await self.dedupe.changelog_topic.send(key=key, value=None, partition=partition)

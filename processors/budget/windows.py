@@ -1,0 +1,73 @@
+"""Budget windows by event time: where a window starts, and rolling buckets.
+
+Lifetime windows never start (None). Calendar windows start at local midnight, Monday or
+the first of the month in the policy's time zone. Rolling windows are sums of small
+buckets, so they slide without a reset job.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from schemas.budgets import Window
+
+ROLLING: dict[Window, tuple[timedelta, timedelta]] = {
+    # window length, bucket size
+    Window.ROLLING_1H: (timedelta(hours=1), timedelta(minutes=1)),
+    Window.ROLLING_24H: (timedelta(hours=24), timedelta(minutes=15)),
+    Window.ROLLING_7D: (timedelta(days=7), timedelta(hours=1)),
+    Window.ROLLING_30D: (timedelta(days=30), timedelta(hours=6)),
+}
+
+CALENDAR = (Window.CALENDAR_DAY, Window.CALENDAR_WEEK, Window.CALENDAR_MONTH)
+
+
+def is_rolling(window: Window) -> bool:
+    return window in ROLLING
+
+
+def calendar_start(window: Window, at: datetime, timezone: str = "UTC") -> datetime:
+    """The UTC instant the calendar period containing `at` began in `timezone`."""
+    local = at.astimezone(ZoneInfo(timezone))
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if window is Window.CALENDAR_DAY:
+        start = day
+    elif window is Window.CALENDAR_WEEK:
+        start = day - timedelta(days=day.weekday())
+    elif window is Window.CALENDAR_MONTH:
+        start = day.replace(day=1)
+    else:
+        raise ValueError(f"not a calendar window: {window}")
+    # re-attach the zone so a DST change inside the period is accounted for
+    start = start.replace(tzinfo=None).replace(tzinfo=ZoneInfo(timezone))
+    return start.astimezone(UTC)
+
+
+def bucket_of(window: Window, at: datetime) -> int:
+    """The index (seconds since the epoch / bucket size) of the rolling bucket holding `at`."""
+    _, size = ROLLING[window]
+    return int(at.timestamp() // size.total_seconds())
+
+
+def bucket_start(window: Window, bucket: int) -> datetime:
+    _, size = ROLLING[window]
+    return datetime.fromtimestamp(bucket * size.total_seconds(), tz=UTC)
+
+
+def first_live_bucket(window: Window, at: datetime) -> int:
+    """The oldest bucket still inside the rolling window that ends with the bucket holding `at`."""
+    length, size = ROLLING[window]
+    return bucket_of(window, at) - int(length / size) + 1
+
+
+def window_start(window: Window, at: datetime, timezone: str = "UTC") -> datetime | None:
+    """The start of the window instance an event at `at` belongs to; None for lifetime.
+
+    For rolling windows this is the start of the oldest live bucket.
+    """
+    if window is Window.LIFETIME:
+        return None
+    if window in CALENDAR:
+        return calendar_start(window, at, timezone)
+    return bucket_start(window, first_live_bucket(window, at))

