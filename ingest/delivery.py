@@ -89,6 +89,8 @@ class Delivery:
         self._sleeping = False
         self._stop = threading.Event()
         self._hard_deadline: float | None = None
+        self._in_hand = 0
+        """Events taken off the queue and not yet in the spool."""
         self._cursor = 0
         """Highest spool id handed to the producer (in order)."""
         self._in_flight: dict[int, tuple[bool, int]] = {}
@@ -169,7 +171,16 @@ class Delivery:
         elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             if not self._down:
                 log.warning("agentledger: Kafka unreachable, spooling events to %s", self.spool.path)
+                self._mark_waiting()
             self._down = True
+
+    def _mark_waiting(self) -> None:
+        """Events in flight when Kafka goes away will wait: count them as spooled."""
+        waiting = [row_id for row_id, (waited, _) in self._in_flight.items() if not waited]
+        for row_id in waiting:
+            self._in_flight[row_id] = (True, self._in_flight[row_id][1])
+        if waiting:
+            self.stats.add("spooled", len(waiting))
 
     def _on_delivery(self, row_id: int, err: Any, _msg: Any) -> None:
         if err is None:
@@ -222,6 +233,7 @@ class Delivery:
                 item = popleft()
             except IndexError:
                 break
+            self._in_hand += 1
             prepared = self._prepare(item)
             if prepared is not None:
                 batch.append(prepared)
@@ -231,6 +243,7 @@ class Delivery:
             if waited:
                 self.stats.add("spooled", len(batch))
             self._store(batch, waited=waited)
+        self._in_hand = 0
         return len(batch)
 
     def _settle_acks(self) -> None:
@@ -262,10 +275,11 @@ class Delivery:
         if room <= 0:
             return 0
         rows: list[SpoolRow] = []
+        waited: dict[int, bool] = {}
         if self._retry:
             retry, self._retry = self._retry, []
             for row_id in retry:
-                self._in_flight.pop(row_id, None)
+                waited[row_id] = self._in_flight.pop(row_id, (True, 0))[0]
             rows = self.spool.read_ids(sorted(retry))
             room -= len(rows)
         if room > 0 and self.spool.count > len(self._in_flight) + len(rows):
@@ -278,8 +292,9 @@ class Delivery:
                 )
             except BufferError:
                 self._retry.append(row.id)
+                self._in_flight[row.id] = (True, len(row.value))
                 continue
-            replay = row.waited or row.id <= self.spool.inherited_upto
+            replay = row.waited or row.id <= self.spool.inherited_upto or waited.get(row.id, False)
             self._in_flight[row.id] = (replay, len(row.value))
             self._cursor = max(self._cursor, row.id)
             sent += 1
@@ -308,7 +323,7 @@ class Delivery:
     # -- control ---------------------------------------------------------------------
 
     def pending(self) -> int:
-        return len(self._queue) + self.spool.count
+        return len(self._queue) + self._in_hand + self.spool.count
 
     def queued(self) -> int:
         return len(self._queue)
@@ -318,7 +333,7 @@ class Delivery:
         deadline = time.monotonic() + max(timeout, 0.0)
         self._wake.set()
         while True:
-            if not self._queue and self.spool.count == 0 and not self._in_flight:
+            if not self._queue and not self._in_hand and self.spool.count == 0 and not self._in_flight:
                 return True
             if not self._thread.is_alive():
                 return False
