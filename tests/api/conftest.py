@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from schemas import codec
 from schemas.events import CostEvent, EventKind, PricedEvent, derive_event_id
 from schemas.topics import PRICED_EVENTS, topic_name
 
+ROOT = Path(__file__).resolve().parents[2]
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 

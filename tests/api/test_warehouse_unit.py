@@ -82,3 +82,15 @@ def test_migrations_are_numbered_and_split():
     assert [m.version for m in migrations] == sorted(m.version for m in migrations)
     assert migrations[0].name == "0001_priced_events.sql"
     assert all("{database:Identifier}" in s for s in migrations[0].statements)
+
+
+def test_clickhouse_url_selects_the_server_adapter_and_a_dead_server_is_retryable(tmp_path):
+    # No ClickHouse server runs here: this proves the selection and the error mapping only.
+    from agentledger.settings import Settings
+    from api.warehouse import open_warehouse
+
+    settings = Settings(clickhouse_url="http://127.0.0.1:1/default", chdb_path=tmp_path / "unused")
+    with pytest.raises(WarehouseError) as info:
+        open_warehouse(settings)
+    assert info.value.retryable
+    assert not (tmp_path / "unused").exists()  # chDB was not opened
