@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentledger.settings import Settings
-from api.errors import ApiError, WarehouseUnavailable
+from api.errors import ApiError, InvalidParameter, WarehouseUnavailable
 from api.migrations import migrate
 from api.routes import chargeback
 from api.sink import Sink
@@ -72,6 +73,13 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own parameter checks (a malformed datetime, ...) in the same shape as ours.
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = first.get("loc") or ("request",)
+        return await api_error(request, InvalidParameter(str(first.get("msg", "invalid request")), field=str(loc[-1])))
 
     @app.exception_handler(WarehouseError)
     async def warehouse_error(request: Request, exc: WarehouseError) -> JSONResponse:

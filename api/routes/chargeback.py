@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer
 
 from api.errors import InvalidParameter
 from api.queries import DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, chargeback_query, parse_group_by
@@ -19,9 +19,13 @@ CENT_EXPONENT = Decimal("0.000000000001")
 """Money leaves the API with the warehouse's 12 decimal places, the same text on every backend."""
 
 
+MoneyText = Annotated[Decimal, PlainSerializer(lambda v: format(v, "f"), return_type=str, when_used="json")]
+"""Decimal money as fixed-point text: never a float, never exponent notation ('0E-12')."""
+
+
 class ChargebackTotals(BaseModel):
-    cost: Decimal
-    list_cost: Decimal
+    cost: MoneyText
+    list_cost: MoneyText
     input_tokens: int
     output_tokens: int
     cache_read_tokens: int
@@ -61,7 +65,9 @@ def build_report(
     rows = warehouse.query(sql, params)
     report_rows = [ChargebackRow(group={g: row[g] for g in group_by}, **_totals(row)) for row in rows]
     # The grand total is the exact Decimal sum of the group rows: it adds up to the cent by construction.
-    sums: dict[str, Any] = {m: sum((getattr(r, m) for r in report_rows), Decimal(0)) for m in MONEY_MEASURES}
+    sums: dict[str, Any] = {
+        m: sum((getattr(r, m) for r in report_rows), Decimal(0)).quantize(CENT_EXPONENT) for m in MONEY_MEASURES
+    }
     sums.update({t: sum(getattr(r, t) for r in report_rows) for t in (*TOKEN_MEASURES, "calls")})
     total = ChargebackTotals(**sums)
     return ChargebackReport(group_by=list(group_by), start=start, end=end, rows=report_rows, total=total)

@@ -96,6 +96,7 @@ def test_period_filter_and_day_dimension(settings_factory, warehouse_factory, pr
     wh = warehouse_factory(settings)
     migrate(wh, settings.database)
     events = [priced_event_factory(cost="1.000000000001", step=i) for i in range(3)]
+    events.append(priced_event_factory(cost="0.000000000001", step=9, team="tiny"))
     produce_priced(settings, events)
     _run_until_caught_up(settings, wh)
     with TestClient(create_app(settings, wh, with_sink=False)) as client:
@@ -116,17 +117,28 @@ def test_period_filter_and_day_dimension(settings_factory, warehouse_factory, pr
         ]
         # naive datetimes are UTC; a zone offset is honoured
         body = _report(client, group_by="team", **{"from": "2026-03-01T14:00:00+02:00"})
-        assert body["total"]["cost"] == "3.000000000003"
+        assert body["total"]["cost"] == "3.000000000004"
+        assert [(r["group"]["team"], r["cost"]) for r in body["rows"]] == [
+            ("payments", "3.000000000003"),
+            ("tiny", "0.000000000001"),
+        ]
 
 
 def test_unknown_group_by_is_422_naming_the_field(settings_factory, warehouse_factory):
     settings = settings_factory()
     wh = warehouse_factory(settings)
-    with TestClient(create_app(settings, wh, with_sink=False)) as client:
+    with TestClient(create_app(settings, wh, with_sink=False)) as client:  # the lifespan migrates
         response = client.get("/v1/chargeback", params={"group_by": "team,password"})
         assert response.status_code == 422
         assert response.json()["error"]["field"] == "group_by"
         assert "password" in response.json()["error"]["message"]
+        response = client.get("/v1/chargeback", params={"from": "not-a-date"})
+        assert response.status_code == 422
+        assert response.json()["error"]["field"] == "from"
+        response = client.get("/v1/chargeback", params={"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"})
+        assert (response.status_code, response.json()["error"]["field"]) == (422, "to")
+        empty = client.get("/v1/chargeback").json()
+        assert (empty["rows"], empty["total"]["cost"]) == ([], "0.000000000000")
         assert client.get("/healthz").json()["status"] == "ok"
         assert client.get("/docs").status_code == 200
         assert "/v1/chargeback" in client.get("/openapi.json").json()["paths"]
