@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.01
 DEDUPE_CLEANUP_INTERVAL_S = 300.0
+BROKER_SESSION_TIMEOUT_S = 10.0
 
 STATE_FOR_ACTION = {
     Action.WARN: SessionState.WARNED,
@@ -259,6 +260,9 @@ class LedgerApp:
             consumer_auto_offset_reset="earliest",
             broker_max_poll_records=BATCH_MAX,
             stream_buffer_maxsize=4 * BATCH_MAX,
+            # a crashed worker's partitions move after 10 s rather than faust's default 60 s
+            broker_session_timeout=BROKER_SESSION_TIMEOUT_S,
+            broker_heartbeat_interval=3.0,
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = self.app.topic(settings.topic(COST_EVENTS.suffix), **raw)
