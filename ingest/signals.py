@@ -136,14 +136,18 @@ class SignalListener:
         }
 
     def _run(self) -> None:
+        backoff = 0.5
         while not self._stop.is_set():
             try:
                 self._listen()
                 return
-            except Exception:
+            except Exception as exc:
                 self.stats.add("errors")
-                log.warning("agentledger: signal listener failed; retrying in 1 s", exc_info=True)
-                self._stop.wait(1.0)
+                # warn once per outage, not once per retry
+                level = logging.WARNING if backoff == 0.5 else logging.DEBUG
+                log.log(level, "agentledger: signal listener cannot read signals (%s); retrying", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     def _listen(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
