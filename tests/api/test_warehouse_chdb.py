@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from api.migrations import migrate
+from api.queries import DIMENSIONS, chargeback_query
 from api.sink import PRICED_EVENT_COLUMNS, priced_event_row
 from api.warehouse import WarehouseError
 
@@ -80,3 +81,22 @@ def test_errors_are_classified(ready):
         wh.query("SELECT * FROM {db:Identifier}.nope", {"db": "nowhere"})
     assert info.value.code is not None
     assert not info.value.retryable
+
+
+@pytest.mark.parametrize("dim", sorted(DIMENSIONS))
+def test_every_allowed_dimension_runs_and_adds_up(ready, priced_event_factory, dim):
+    settings, wh = ready
+    events = [
+        priced_event_factory(cost=f"0.{i}00000000001", team=["a", None][i % 2], customer=f"c{i % 3}", step=i * 40000)
+        for i in range(6)
+    ]
+    rows = [priced_event_row(e, "t", 0, i) for i, e in enumerate(events)]
+    # the same rows twice under two tokens: physically doubled, counted once
+    wh.insert(settings.database, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token="a")
+    wh.insert(settings.database, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token="b")
+    sql, params = chargeback_query(settings.database, [dim, "team"])
+    result = wh.query(sql, params)
+    assert sum(r["cost"] for r in result) == sum(e.cost for e in events)
+    assert sum(r["calls"] for r in result) == 6
+    if dim == "day":  # steps are 40000 s apart: the events fall on 3 days
+        assert sorted({str(r["day"]) for r in result}) == ["2026-03-01", "2026-03-02", "2026-03-03"]
