@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -100,3 +102,14 @@ def test_every_allowed_dimension_runs_and_adds_up(ready, priced_event_factory, d
     assert sum(r["calls"] for r in result) == 6
     if dim == "day":  # steps are 40000 s apart: the events fall on 3 days
         assert sorted({str(r["day"]) for r in result}) == ["2026-03-01", "2026-03-02", "2026-03-03"]
+
+
+def test_a_second_process_on_the_folder_gets_warehouse_locked(ready):
+    settings, _wh = ready
+    code = (
+        "import sys; from pathlib import Path; from api.warehouse import WarehouseLocked\n"
+        "from api.warehouse.chdb import ChdbWarehouse\n"
+        "try:\n    ChdbWarehouse(Path(sys.argv[1]))\nexcept WarehouseLocked:\n    sys.exit(3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(settings.chdb_path)], capture_output=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-500:]
