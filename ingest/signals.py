@@ -174,9 +174,13 @@ class SignalListener:
             if not snapshot_end:
                 self.guards.ready.set()
             while not self._stop.is_set():
-                messages = consumer.consume(500, timeout=0.05)
-                for message in messages:
-                    self._handle(message)
+                # poll returns as soon as one message is there (consume(n, t) would wait out t
+                # unless n arrive); then take whatever else is buffered, without waiting
+                first = consumer.poll(0.1)
+                if first is not None:
+                    self._handle(first)
+                    for message in consumer.consume(500, timeout=0):
+                        self._handle(message)
                 if snapshot_end and not self.guards.ready.is_set():
                     positions = consumer.position([TopicPartition(self.status_topic, p) for p in snapshot_end])
                     if all(tp.offset >= snapshot_end[tp.partition] for tp in positions):

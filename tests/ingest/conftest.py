@@ -90,8 +90,9 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
         consumer.close()
 
 
-def publish(bootstrap: str, topic: str, key: str, model: Any) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+def publish(bootstrap: str, topic: str, key: str, model: Any, producer: Producer | None = None) -> None:
+    """Produce one model and wait for its acknowledgement."""
+    producer = producer or Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     producer.produce(topic, encode(model), key.encode())
     assert producer.flush(10) == 0
 

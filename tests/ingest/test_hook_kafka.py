@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 import ingest
 from ingest import runtime
@@ -131,10 +132,15 @@ def test_kill_signal_stops_the_session_within_200ms_and_spares_the_others(settin
     bystander = ingest.session(session_id="bystander", agent_type="a")
     victim.record_llm_call("openai", "gpt-4o", 100, 10)
     assert victim.check() is SessionState.ACTIVE
-    time.sleep(0.5)  # the listener's fetch loop is in its steady state
+    # a connected producer, warmed on the signals topic: measure the signal path, not a connect
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 0})
+    publish(settings.kafka_bootstrap, settings.topic("signals"), "other", kill_signal("other"), producer)
+    deadline = time.monotonic() + 5
+    while rt.guards.get("other") is None and time.monotonic() < deadline:
+        time.sleep(0.001)
 
     published = time.perf_counter()
-    publish(settings.kafka_bootstrap, settings.topic("signals"), "victim", kill_signal("victim"))
+    publish(settings.kafka_bootstrap, settings.topic("signals"), "victim", kill_signal("victim"), producer)
     while True:
         try:
             victim.check()
