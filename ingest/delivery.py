@@ -13,8 +13,10 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -83,7 +85,13 @@ class Delivery:
         self.config = config
         self.stats = stats
         self.topic = topic_name(config.topic_prefix, COST_EVENTS)
-        self.spool = Spool(config.spool_dir, max_events=config.spool_max_events, max_bytes=config.spool_max_bytes)
+        try:
+            self.spool = Spool(config.spool_dir, max_events=config.spool_max_events, max_bytes=config.spool_max_bytes)
+        except OSError as exc:
+            # a spool that lasts this process only beats no spool; the agent must not fail
+            fallback = Path(tempfile.mkdtemp(prefix="agentledger-spool-"))
+            log.error("agentledger: cannot use spool folder %s (%s); using %s", config.spool_dir, exc, fallback)
+            self.spool = Spool(fallback, max_events=config.spool_max_events, max_bytes=config.spool_max_bytes)
         self._queue: collections.deque[dict[str, Any] | Prepared] = collections.deque()
         self._wake = threading.Event()
         self._sleeping = False
@@ -192,12 +200,19 @@ class Delivery:
             self._failed.append((row_id, str(err)))
 
     def _run(self) -> None:
-        try:
-            self._producer = self._make_producer()
-            self._loop()
-        except Exception:
-            self.stats.add("errors")
-            log.exception("agentledger: delivery thread failed; events stay in the spool")
+        backoff = 0.5
+        while True:
+            try:
+                if self._producer is None:
+                    self._producer = self._make_producer()
+                self._loop()
+                return
+            except Exception:
+                self.stats.add("errors")
+                log.exception("agentledger: delivery failed; retrying in %.1fs (events are kept)", backoff)
+                if self._stop.wait(backoff) and self._hard_deadline and time.monotonic() >= self._hard_deadline:
+                    return
+                backoff = min(backoff * 2, 30.0)
 
     def _loop(self) -> None:
         while True:
@@ -240,9 +255,15 @@ class Delivery:
         if batch:
             # behind a backlog or with Kafka down, these events will wait: count them as spooled
             waited = self._down or self.spool.count > len(self._in_flight)
+            try:
+                self._store(batch, waited=waited)
+            except Exception:
+                # disk trouble: keep the batch in memory, at the head of the queue, and retry
+                self._queue.extendleft(reversed(batch))
+                self._in_hand = 0
+                raise
             if waited:
                 self.stats.add("spooled", len(batch))
-            self._store(batch, waited=waited)
         self._in_hand = 0
         return len(batch)
 

@@ -284,3 +284,42 @@ def test_forked_child_gets_its_own_delivery(settings_factory, hook) -> None:
     counts = Counter(e["workflow_id"] for e in events)
     assert counts == {"forker": 50, "child": 30}
     assert len({e["event_id"] for e in events}) == 80
+
+
+def test_events_recorded_without_flush_are_delivered_at_exit(settings_factory, tmp_path: Path) -> None:
+    settings = settings_factory()
+    code = f"""
+import ingest
+ingest.configure(bootstrap_servers={settings.kafka_bootstrap!r}, topic_prefix={settings.topic_prefix!r},
+                 spool_dir={str(tmp_path / "spool")!r}, listen_signals=False)
+s = ingest.session(session_id="at-exit", agent_type="a")
+for i in range(300):
+    s.record_llm_call("openai", "gpt-4o", i, 1)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = read_topic(settings.kafka_bootstrap, settings.topic("cost-events"))
+    assert sorted(orjson.loads(m.value())["input_tokens"] for m in events) == list(range(300))
+
+
+def test_no_prompt_text_reaches_kafka(settings_factory, hook) -> None:
+    canary = "CANARY-7f3a-do-not-leak"
+    settings = settings_factory()
+    hook(settings, listen_signals=False)
+    with ingest.session(session_id="canary", agent_type="a") as s:
+        prompt = f"Summarise this: {canary}"
+        with pytest.raises(RuntimeError), s.llm_call("openai", "gpt-4o", 100, len(prompt)):
+            raise RuntimeError(f"provider rejected prompt {prompt!r}")
+        with s.llm_call("openai", "gpt-4o", 100, len(prompt)) as call:
+            call.settle(input_tokens=12, output_tokens=30)
+
+        @ingest.tool("search")
+        def search(query: str) -> str:
+            raise ValueError(query)
+
+        with pytest.raises(ValueError):
+            search(canary)
+    assert ingest.flush(10)
+    messages = read_topic(settings.kafka_bootstrap, settings.topic("cost-events"))
+    assert len(messages) == 5
+    assert all(canary.encode() not in m.value() and canary.encode() not in m.key() for m in messages)

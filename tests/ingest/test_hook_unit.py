@@ -340,3 +340,62 @@ def test_configure_reads_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("AGENTLEDGER_MODE", "prod")
     with pytest.raises(ValueError, match="mode"):
         build_config({})
+
+
+def test_cancelled_async_call_is_aborted(hook) -> None:
+    import asyncio
+
+    hook()
+
+    async def agent(s: ingest.Session, started: asyncio.Event) -> None:
+        async with s.llm_call("anthropic", "claude-sonnet-4", max_output_tokens=64):
+            started.set()
+            await asyncio.sleep(10)
+
+    async def main() -> None:
+        async with ingest.session(session_id="s-12", agent_type="a") as s:
+            started = asyncio.Event()
+            task = asyncio.create_task(agent(s, started))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    started, aborted = spooled_events()
+    assert (started["kind"], aborted["kind"]) == ("call_started", "call_aborted")
+    assert aborted["settles"] == started["event_id"]
+    assert aborted["reason"] == "exception: CancelledError"
+
+
+def test_threads_sharing_a_session_get_distinct_steps(hook) -> None:
+    import threading
+
+    hook(queue_size=100_000)
+    s = ingest.session(session_id="s-13", agent_type="a")
+    ids: list[str] = []
+
+    def work() -> None:
+        mine = [s.record_llm_call("openai", "gpt-4o", 1, 1) for _ in range(500)]
+        ids.extend(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 4000
+    assert sorted(e["step"] for e in spooled_events()) == list(range(4000))
+    assert s.used_tokens == 8000
+    assert ingest.stats().recorded == 4000
+
+
+def test_unusable_spool_folder_falls_back_instead_of_failing(hook, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    hook(spool_dir=blocker / "spool")
+    with ingest.session(session_id="s-14", agent_type="a") as s:
+        s.record_llm_call("openai", "gpt-4o", 1, 1)
+    rt = runtime.current()
+    assert rt is not None and "agentledger-spool-" in str(rt.delivery.spool.path)
+    assert len(spooled_events()) == 1
