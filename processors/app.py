@@ -272,6 +272,10 @@ class LedgerApp:
         self.dedupe = self.app.Table("dedupe", partitions=settings.partitions, schema=raw_schema)
         self.budgets = self.app.Table("budgets", partitions=settings.partitions, schema=raw_schema)
         self.book = BudgetBook(loader=self._load_budget)
+        self.priced_name = self.priced_topic.get_topic_name()
+        self.dlq_name = self.dlq_topic.get_topic_name()
+        self.dedupe_changelog = self.dedupe.changelog_topic.get_topic_name()
+        self.budgets_changelog = self.budgets.changelog_topic.get_topic_name()
         self.app.agent(self.source, name="ledger")(self._agent)
         self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
 
@@ -292,6 +296,14 @@ class LedgerApp:
         raw = self.budgets.data.get(key.encode())
         return None if raw is None else orjson.loads(raw)
 
+    async def _send(
+        self, pending: list[Any], topic: str, key: bytes | None, value: bytes | None, partition: int
+    ) -> None:
+        # straight to the (transactional) producer: faust's Topic.send costs more than the rest of
+        # the event's processing; the delivery futures are awaited once per batch so errors surface
+        producer = await self.app.maybe_start_producer()
+        pending.append(await producer.send(topic, key, value, partition, None, None))
+
     async def _agent(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             await self.handle_batch(events)
@@ -301,13 +313,14 @@ class LedgerApp:
         now_s = now.timestamp()
         policies = self.policies.current
         dedupe_writes: list[tuple[bytes, int, bytes]] = []
+        pending: list[Any] = []
         signals_sent = 0
         for ev in events:
             msg = ev.message
             metrics.EVENTS_CONSUMED.inc()
             parsed = parse_event(msg.value)
             if isinstance(parsed, Rejection):
-                await self._dead_letter(msg, parsed, now)
+                await self._dead_letter(pending, msg, parsed, now)
                 continue
             event_id = parsed.event_id.encode()
             if self._seen(event_id, now_s):
@@ -320,9 +333,9 @@ class LedgerApp:
                 priced = self.pricer.price(event, now)
             except Exception as exc:  # a pricing bug must not stop the stream
                 log.exception("pricing failed for %s", parsed.event_id)
-                await self._dead_letter(msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
+                await self._dead_letter(pending, msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
                 continue
-            await self.priced_topic.send(key=event.session_id.encode(), value=encode(priced), partition=msg.partition)
+            await self._send(pending, self.priced_name, event.session_id.encode(), encode(priced), msg.partition)
             metrics.EVENTS_PRICED.inc()
             for signal in self._budget(priced, policies, now, msg.partition):
                 self.signals.publish(signal)
@@ -330,15 +343,17 @@ class LedgerApp:
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
         for key, partition, value in dedupe_writes:
-            await self.dedupe.changelog_topic.send(key=key, value=value, partition=partition)
+            await self._send(pending, self.dedupe_changelog, key, value, partition)
         for key, (state, partition) in self.book.take_dirty().items():
             bkey = key.encode()
             store = self.budgets.data
             store[bkey] = orjson.dumps(state.to_json())
             store._key_partition[bkey] = partition
-            await self.budgets.changelog_topic.send(key=bkey, value=store[bkey], partition=partition)
+            await self._send(pending, self.budgets_changelog, bkey, store[bkey], partition)
         # the store is the state; the book's copies are per batch, so a rebalance never leaves them stale
         self.book.states.clear()
+        if pending:
+            await asyncio.gather(*pending)
 
     def _budget(
         self,
@@ -375,7 +390,7 @@ class LedgerApp:
                 metrics.THRESHOLDS_CROSSED.inc()
         return out
 
-    async def _dead_letter(self, msg: Any, rejection: Rejection, now: datetime) -> None:
+    async def _dead_letter(self, pending: list[Any], msg: Any, rejection: Rejection, now: datetime) -> None:
         raw: bytes = msg.value or b""
         letter = DeadLetter(
             topic=msg.topic,
@@ -386,7 +401,7 @@ class LedgerApp:
             payload=raw[:MAX_EVENT_BYTES].decode("utf-8", "replace"),
             failed_at=now,
         )
-        await self.dlq_topic.send(key=msg.key, value=encode(letter), partition=msg.partition)
+        await self._send(pending, self.dlq_name, msg.key, encode(letter), msg.partition)
         metrics.EVENTS_DEAD_LETTERED.labels(rejection.code).inc()
 
     async def _expire_dedupe(self) -> None:
@@ -399,9 +414,12 @@ class LedgerApp:
         horizon = self.now().timestamp() - self.settings.dedupe_retention_s
         store = self.dedupe.data
         old = [k for k, v in list(store.items()) if float(v) < horizon]
+        pending: list[Any] = []
         for key in old:
             partition = store._key_partition.get(key)
             store.pop(key, None)
             store._key_partition.pop(key, None)
             if partition is not None:
-                await self.dedupe.changelog_topic.send(key=key, value=None, partition=partition)
+                await self._send(pending, self.dedupe_changelog, key, None, partition)
+        if pending:
+            await asyncio.gather(*pending)

@@ -125,3 +125,26 @@ def test_rolling_window_slides_and_rearms():
     again = book.apply([policy], attr(), T0 + timedelta(minutes=62), 50, Decimal(0))
     assert [c.spent_tokens for c in again] == [100]
     assert again[0].signal_id != first[0].signal_id
+
+
+def test_unpriced_kill_signal_is_idempotent_per_session():
+    from processors.budget import unpriced_kill_signal
+    from schemas.events import CostEvent
+
+    def ev(event_id: str) -> CostEvent:
+        return CostEvent(
+            event_id=event_id,
+            kind="llm_call",
+            occurred_at=T0,
+            session_id="s9",
+            workflow_id="w",
+            step=0,
+            step_name="x",
+            agent_type="a",
+            model="acme-9000",
+            input_tokens=5,
+        )
+
+    a, b = unpriced_kill_signal(ev("a" * 32), T0), unpriced_kill_signal(ev("b" * 32), T0)
+    assert a.signal_id == b.signal_id
+    assert (a.action, a.session_id, a.reason) == (Action.KILL, "s9", "unpriced model: ?/acme-9000")

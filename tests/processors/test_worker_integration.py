@@ -184,3 +184,19 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
         assert s["spent_tokens"] == 3000
         assert s["trigger_event_id"] == last[s["session_id"]]
     assert second.stop() == 0
+
+
+def test_unpriced_model_under_block_policy_kills_the_session(settings_factory, worker_factory, reader_factory):
+    settings = settings_factory(unpriced_policy="block")
+    worker_factory(settings)
+    unknown = make_event(session_id="s-unknown", provider="acme", model="acme-9000")
+    known = make_event(session_id="s-known")
+    produce(settings, COST_EVENTS.suffix, [("s-unknown", unknown), ("s-known", known)])
+    priced = {r["event"]["session_id"]: r for r in reader_factory(settings, PRICED_EVENTS.suffix).wait_for(2)}
+    assert (priced["s-unknown"]["unpriced"], Decimal(priced["s-unknown"]["cost"])) == (True, 0)
+    assert priced["s-known"]["unpriced"] is False
+    signals = reader_factory(settings, SIGNALS.suffix).wait_for(1, settle=1.0)
+    assert [(s["session_id"], s["action"]) for s in signals] == [("s-unknown", "kill")]
+    assert signals[0]["reason"].startswith("unpriced model")
+    statuses = reader_factory(settings, SESSION_STATUS.suffix).wait_for(1, settle=0.5)
+    assert [(s["session_id"], s["state"]) for s in statuses] == [("s-unknown", "killed")]
