@@ -119,7 +119,7 @@ def configure(
 
 def is_configured() -> bool:
     """True once `configure()` has been called (and `close()` has not)."""
-    return _runtime.current() is not None
+    return _runtime.armed()
 
 
 def session(
@@ -168,7 +168,7 @@ def flush(timeout: float = 5.0) -> bool:
 
     Events not delivered in time are not lost: they stay in the spool.
     """
-    runtime = _runtime.current()
+    runtime = _runtime.peek()
     return True if runtime is None else runtime.flush(timeout)
 
 
@@ -183,5 +183,5 @@ def close(timeout: float = 5.0) -> bool:
 
 def stats() -> IngestStats:
     """Counters since `configure()`: recorded, delivered, spooled, replayed, dropped, invalid..."""
-    runtime = _runtime.current()
+    runtime = _runtime.peek()
     return IngestStats() if runtime is None else runtime.snapshot()

@@ -77,16 +77,30 @@ class Runtime:
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+_rearm: IngestConfig | None = None
+"""In a forked child: the parent's config, built into a runtime at first use."""
 _hooks_installed = False
 
 
+def peek() -> Runtime | None:
+    """The runtime if one is running here, without re-arming a forked child."""
+    return _runtime
+
+
+def armed() -> bool:
+    return _runtime is not None or _rearm is not None
+
+
 def current() -> Runtime | None:
+    if _runtime is None and _rearm is not None:
+        return _rearm_in_child()
     return _runtime
 
 
 def install(config: IngestConfig) -> Runtime:
-    global _runtime
+    global _runtime, _rearm
     with _lock:
+        _rearm = None
         _install_hooks()
         old, _runtime = _runtime, None
         if old is not None:
@@ -96,8 +110,9 @@ def install(config: IngestConfig) -> Runtime:
 
 
 def uninstall(timeout: float) -> bool:
-    global _runtime
+    global _runtime, _rearm
     with _lock:
+        _rearm = None
         old, _runtime = _runtime, None
     return old.close(timeout) if old is not None else True
 
@@ -122,14 +137,27 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _runtime, _lock
+    """Forget the parent's runtime; the child builds its own when it first records.
+
+    Lazily, so a child that never records (a worker pool, a `fork` before `exec`) starts
+    no threads, opens no spool and connects to nothing.
+    """
+    global _runtime, _lock, _rearm
     _lock = threading.Lock()  # the parent's may have been held by another thread at fork time
-    parent = _runtime
+    parent, _runtime = _runtime, None
     if parent is None:
         return
     parent.abandon_after_fork()
-    try:
-        _runtime = Runtime(parent.config)
-    except Exception:
-        _runtime = None
-        log.exception("agentledger: could not re-arm the hook after fork; recording is off in this child")
+    _rearm = parent.config
+
+
+def _rearm_in_child() -> Runtime | None:
+    global _runtime, _rearm
+    with _lock:
+        if _runtime is None and _rearm is not None:
+            config, _rearm = _rearm, None
+            try:
+                _runtime = Runtime(config)
+            except Exception:
+                log.exception("agentledger: could not re-arm the hook after fork; recording is off here")
+        return _runtime

@@ -155,11 +155,17 @@ class Session:
 
     # -- the guard ---------------------------------------------------------------------
 
-    def _guard(self) -> SessionState:
+    def _guard(self, *, wait: bool = True) -> SessionState:
+        """Raise if the session is stopped; hand pending warnings to `on_warn`.
+
+        Before a call starts (`wait=True`), the first guard of the process waits, once and
+        briefly, for the session-status snapshot; after a recorded call it never waits.
+        """
         runtime = _rt.current()
         if runtime is None:
             return SessionState.ACTIVE
-        runtime.wait_ready()
+        if wait:
+            runtime.wait_ready()
         standing = runtime.guards.get(self.session_id)
         if standing is None:
             return SessionState.ACTIVE
@@ -268,7 +274,7 @@ class Session:
         used = _tokens(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
         with self._lock:
             self.used_tokens += used
-        self._guard()
+        self._guard(wait=False)
         return event_id
 
     def record_tool_call(
@@ -287,7 +293,7 @@ class Session:
         the session was stopped.
         """
         event_id = self._record_tool(tool_name, duration_ms, fee, error, step, step_name, reported_cost)
-        self._guard()
+        self._guard(wait=False)
         return event_id
 
     def _record_tool(
@@ -549,7 +555,7 @@ class ToolSpan:
             self.name, duration, self.fee, exc_type is not None, None, self.step_name, None
         )
         if exc_type is None:
-            session._guard()
+            session._guard(wait=False)
 
     async def __aenter__(self) -> ToolSpan:
         return self.__enter__()
