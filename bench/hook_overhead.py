@@ -1,9 +1,10 @@
 """Per-call overhead of `Session.record_llm_call` in the agent thread, Kafka up and down.
 
 Prints p50 / p99 / max in microseconds, beside the baseline of a bare confluent-kafka
-`Producer.produce()` of the same encoded event in the same run. Not a test.
+`Producer.produce()` of the same encoded event in the same run, and the hook side of the
+signal path (kill Signal produced -> BudgetExceeded raised). Not a test.
 
-    .venv/bin/python bench/hook_overhead.py [--calls 20000] [--bootstrap 127.0.0.1:19092]
+    .venv/bin/python bench/hook_overhead.py [--calls 20000] [--kills 200] [--bootstrap 127.0.0.1:19092]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from confluent_kafka import Producer
 
@@ -111,10 +113,56 @@ def bench_bare_produce(label: str, bootstrap: str, topic: str, calls: int) -> No
     producer.flush(1)
 
 
+def bench_signal_latency(bootstrap: str, prefix: str, kills: int) -> None:
+    """Time from producing a kill Signal (acks=1, linger 0) to BudgetExceeded in the agent."""
+    from schemas.budgets import Action, Scope, Signal
+    from schemas.codec import encode
+
+    with tempfile.TemporaryDirectory() as spool:
+        ingest.configure(bootstrap_servers=bootstrap, topic_prefix=prefix, spool_dir=spool, status_wait_s=5.0)
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": 1})
+        topic = prefix + "signals"
+        samples: list[int] = []
+        for i in range(kills + 5):
+            session_id = f"kill-{uuid.uuid4().hex[:8]}"
+            s = ingest.session(session_id=session_id, agent_type="bench")
+            s.check()
+            signal = Signal(
+                signal_id=f"{session_id}:kill",
+                session_id=session_id,
+                action=Action.KILL,
+                policy_id="bench",
+                scope=(Scope.SESSION,),
+                scope_value=session_id,
+                limit_tokens=1,
+                spent_tokens=2,
+                spent_cost=Decimal(0),
+                reason="bench",
+                issued_at=datetime.now(UTC),
+            )
+            value = encode(signal)
+            t0 = time.perf_counter_ns()
+            producer.produce(topic, value, session_id.encode())
+            producer.poll(0)
+            while True:
+                try:
+                    s.check()
+                except ingest.BudgetExceeded:
+                    break
+                time.sleep(0.0002)
+            if i >= 5:  # warm-up
+                samples.append(time.perf_counter_ns() - t0)
+            time.sleep(0.02)
+        producer.flush(5)
+        print(f"kill signal -> BudgetExceeded ({kills} kills) {percentiles(samples)}")
+        ingest.close(timeout=1.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--kills", type=int, default=200)
     args = parser.parse_args()
     settings = Settings(kafka_bootstrap=args.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
     ensure_topics(settings)
@@ -126,6 +174,7 @@ def main() -> None:
     bench_hook("kafka up", args.bootstrap, settings.topic_prefix, args.calls, up=True)
     bench_bare_produce("kafka down", dead, settings.topic("cost-events"), args.calls)
     bench_hook("kafka down", dead, settings.topic_prefix, args.calls, up=False)
+    bench_signal_latency(args.bootstrap, settings.topic_prefix, args.kills)
 
 
 if __name__ == "__main__":
