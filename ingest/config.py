@@ -44,7 +44,8 @@ class IngestConfig:
     spool_max_bytes: int = 1 << 30
     max_in_flight: int = 20_000
     """Events handed to the producer and not yet acknowledged; the rest wait in the spool."""
-    linger_ms: int = 5
+    linger_ms: int = 2
+    """Producer batching delay: small, since budgets act on events as they arrive."""
     listen_signals: bool = True
     status_wait_s: float = 1.0
     """How long the first guarded call waits for the session-status snapshot (once per process)."""

@@ -19,51 +19,11 @@ import ingest
 from ingest import runtime
 from schemas.budgets import Action, Scope, SessionState, SessionStatus, Signal
 from schemas.events import derive_event_id
-from tests.ingest.conftest import dead_bootstrap, publish, read_topic
+from tests.ingest.conftest import dead_bootstrap, kafka_partition, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's and aiokafka's default partitioner)."""
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(length // 4):
-        k = int.from_bytes(data[i * 4 : i * 4 + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    rest, tail = length % 4, length & ~3
-    if rest == 3:
-        h ^= data[tail + 2] << 16
-    if rest >= 2:
-        h ^= data[tail + 1] << 8
-    if rest >= 1:
-        h ^= data[tail]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-def kafka_partition(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def test_murmur2_matches_kafka_reference_values() -> None:
-    # values from Kafka's own UtilsTest.testMurmur2
-    assert murmur2(b"21") == (-973932308) & 0xFFFFFFFF
-    assert murmur2(b"foobar") == (-790332482) & 0xFFFFFFFF
-    assert murmur2(b"a-little-bit-long-string") == (-985981536) & 0xFFFFFFFF
-    assert murmur2(b"a-little-bit-longer-string") == (-1486304829) & 0xFFFFFFFF
-    assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == (-58897971) & 0xFFFFFFFF
-    assert murmur2(b"abc") == 479470107
 
 
 def kill_signal(session_id: str, action: Action = Action.KILL, n: int = 0) -> Signal:
@@ -260,6 +220,7 @@ print(ok, s.recorded, s.delivered, s.replayed, s.pending)
     assert {e["event_id"] for e in events} == {derive_event_id("wf-spool", i, "llm") for i in range(500)}
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_gets_its_own_delivery(settings_factory, hook) -> None:
     settings = settings_factory()
     hook(settings, listen_signals=False)

@@ -16,6 +16,7 @@ from ingest import runtime
 from ingest.spool import Spool
 from schemas.budgets import Action, Scope, SessionState, SessionStatus, Signal
 from schemas.events import derive_event_id
+from tests.ingest.conftest import murmur2
 
 pytestmark = pytest.mark.unit
 
@@ -399,3 +400,13 @@ def test_unusable_spool_folder_falls_back_instead_of_failing(hook, tmp_path: Pat
     rt = runtime.current()
     assert rt is not None and "agentledger-spool-" in str(rt.delivery.spool.path)
     assert len(spooled_events()) == 1
+
+
+def test_murmur2_matches_kafka_reference_values() -> None:
+    # values from Kafka's own UtilsTest.testMurmur2
+    assert murmur2(b"21") == (-973932308) & 0xFFFFFFFF
+    assert murmur2(b"foobar") == (-790332482) & 0xFFFFFFFF
+    assert murmur2(b"a-little-bit-long-string") == (-985981536) & 0xFFFFFFFF
+    assert murmur2(b"a-little-bit-longer-string") == (-1486304829) & 0xFFFFFFFF
+    assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == (-58897971) & 0xFFFFFFFF
+    assert murmur2(b"abc") == 479470107
