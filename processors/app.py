@@ -268,10 +268,12 @@ class LedgerApp:
         self.source = self.app.topic(settings.topic(COST_EVENTS.suffix), **raw)
         self.priced_topic = self.app.topic(settings.topic(PRICED_EVENTS.suffix), **raw)
         self.dlq_topic = self.app.topic(settings.topic(COST_EVENTS_DLQ.suffix), **raw)
-        raw_schema = faust.Schema(key_type=bytes, value_type=bytes, **raw)
-        self.dedupe = self.app.Table("dedupe", partitions=settings.partitions, schema=raw_schema)
-        self.budgets = self.app.Table("budgets", partitions=settings.partitions, schema=raw_schema)
+        # bytes in and out: faust picks the changelog's (and recovery's) codec from these types
+        raw_table: dict[str, Any] = {"partitions": settings.partitions, "key_type": bytes, "value_type": bytes}
+        self.dedupe = self.app.Table("dedupe", **raw_table)
+        self.budgets = self.app.Table("budgets", **raw_table)
         self.book = BudgetBook(loader=self._load_budget)
+        self.source_name = self.source.get_topic_name()
         self.priced_name = self.priced_topic.get_topic_name()
         self.dlq_name = self.dlq_topic.get_topic_name()
         self.dedupe_changelog = self.dedupe.changelog_topic.get_topic_name()
@@ -299,10 +301,21 @@ class LedgerApp:
     async def _send(
         self, pending: list[Any], topic: str, key: bytes | None, value: bytes | None, partition: int
     ) -> None:
-        # straight to the (transactional) producer: faust's Topic.send costs more than the rest of
-        # the event's processing; the delivery futures are awaited once per batch so errors surface
-        producer = await self.app.maybe_start_producer()
-        pending.append(await producer.send(topic, key, value, partition, None, None))
+        """Send in the transaction of the source partition `partition` (exactly-once), else plainly.
+
+        faust's own Topic.send derives the transactional id from the *consumer's* metadata for the
+        output topic; for a topic the worker does not consume (priced-events, the DLQ) that is
+        unknown, so faust silently sends outside the transaction. Here the id is the one faust
+        commits the source partition's offsets under: `{app id}-{topic group}-{partition}`.
+        Faust's Topic.send also costs more than the rest of an event's processing. The delivery
+        futures are awaited once per batch, so errors still surface.
+        """
+        app = self.app
+        tid = None
+        if app.in_transaction:
+            tid = f"{app.conf.id}-{app.assignor.group_for_topic(self.source_name)}-{partition}"
+        producer = app.consumer.transactions.producer if tid else await app.maybe_start_producer()
+        pending.append(await producer.send(topic, key, value, partition, None, None, transactional_id=tid))
 
     async def _agent(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from decimal import Decimal
 
@@ -148,10 +147,10 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
     """kill -9 mid-stream, replay everything twice: priced once each, budgets exact."""
     settings = settings_factory()
     sessions = [f"crash-{i}" for i in range(10)]
-    per_session = 30
+    per_session = 400
     publish_policy(
         settings,
-        BudgetPolicy(policy_id="cap", scope=(Scope.SESSION,), limit_tokens=3000, thresholds=(Decimal(1),)),
+        BudgetPolicy(policy_id="cap", scope=(Scope.SESSION,), limit_tokens=40_000, thresholds=(Decimal(1),)),
     )
     events = [
         make_event(session_id=s, workflow_id=f"wf-{s}", step=i, input_tokens=60, output_tokens=40)
@@ -165,7 +164,8 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
     produce(settings, COST_EVENTS.suffix, records[:half])
     assert len(priced.wait_for(1, settle=0.0)) >= 1, first.log()[-3000:]
     produce(settings, COST_EVENTS.suffix, records[half:])
-    time.sleep(0.5)  # inside a commit interval: some of this is processed but not committed
+    # kill while batches are in flight: processed and sent, but not committed
+    priced.wait_for(half + 200, timeout=30.0, settle=0.0)
     first.kill()
     produce(settings, COST_EVENTS.suffix, records)  # the hook's retries after the crash
     second = worker_factory(settings)
@@ -176,12 +176,12 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
     assert sum(Decimal(r["cost"]) for r in got) == len(events) * _gpt4o(60, 40)
 
     signals = reader_factory(settings, SIGNALS.suffix).wait_for(len(sessions), settle=1.0)
-    last = {e["session_id"]: e["event_id"] for e in events}  # the 30th event reaches exactly 3000
+    last = {e["session_id"]: e["event_id"] for e in events}  # the 400th event reaches exactly 40000
     by_id = {s["signal_id"]: s for s in signals}  # a replay may repeat a signal, never change it
     assert len(by_id) == len(sessions)
     for s in signals:
         assert s == by_id[s["signal_id"]] | {"issued_at": s["issued_at"]}
-        assert s["spent_tokens"] == 3000
+        assert s["spent_tokens"] == 40_000
         assert s["trigger_event_id"] == last[s["session_id"]]
     assert second.stop() == 0
 
