@@ -373,6 +373,8 @@ class LlmCall:
         self.started_event_id: str | None = None
         self.estimated_cost: Decimal | None = None
         self.settled = False
+        self.event_id: str | None = None
+        """The settling event's id, once settled."""
         self._partial = Usage()
         self._t0 = 0.0
 
@@ -447,24 +449,21 @@ class LlmCall:
         recording if the session was stopped meanwhile.
         """
         if self.settled:
-            raise RuntimeError("this call is already settled")
-        if usage is not None or any(
-            v is not None for v in (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
-        ):
-            self.observe(
-                *(
-                    (getattr(usage, f) if usage is not None else None) if v is None else v
-                    for f, v in (
-                        ("input_tokens", input_tokens),
-                        ("output_tokens", output_tokens),
-                        ("cache_read_tokens", cache_read_tokens),
-                        ("cache_write_tokens", cache_write_tokens),
-                        ("reasoning_tokens", reasoning_tokens),
-                    )
-                )
-            )
+            log.warning("agentledger: llm_call settled twice; the second usage is ignored")
+            return self.event_id or ""
+        given = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_tokens": cache_read_tokens,
+            "cache_write_tokens": cache_write_tokens,
+            "reasoning_tokens": reasoning_tokens,
+        }
+        if usage is not None:
+            given = {k: getattr(usage, k) if v is None else v for k, v in given.items()}
+        self.observe(**given)
         self.settled = True
-        return self._record(error=False, reported_cost=reported_cost, cache_hit=cache_hit, model=model)
+        self.event_id = self._record(error=False, reported_cost=reported_cost, cache_hit=cache_hit, model=model)
+        return self.event_id
 
     def _record(
         self, *, error: bool, reported_cost: Decimal | None = None, cache_hit: bool = False, model: str | None = None

@@ -164,7 +164,8 @@ def test_reservation_publishes_started_then_settles_it(hook) -> None:
     hook()
     with ingest.session(session_id="s-6", agent_type="a") as s:
         with s.llm_call("openai", "gpt-4o", max_output_tokens=1000, estimated_input_tokens=2000) as call:
-            call.settle(ingest.Usage(input_tokens=1800, output_tokens=420, reasoning_tokens=20))
+            first = call.settle(ingest.Usage(input_tokens=1, output_tokens=420, reasoning_tokens=20), input_tokens=1800)
+            assert call.settle(input_tokens=5) == first == call.event_id  # a second settle is ignored
         with pytest.raises(TimeoutError), s.llm_call("openai", "gpt-4o", max_output_tokens=10) as failed:
             raise TimeoutError("provider timed out: secret prompt text")
         with pytest.raises(ConnectionError), s.llm_call("openai", "gpt-4o", 50, streamed=True) as cut:
