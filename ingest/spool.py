@@ -54,6 +54,8 @@ class Spool:
         # NORMAL: a committed append survives a process crash; only power loss can undo it.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        self.adopted = self._adopt_orphans(directory)
+        """Events taken over from other spool files left by ended processes."""
         count, size, top = self._db.execute(
             "SELECT count(*), coalesce(sum(length(value)), 0), coalesce(max(id), 0) FROM events"
         ).fetchone()
@@ -62,6 +64,43 @@ class Spool:
         self.inherited_upto: int = top
         """Rows with an id up to this were left by an earlier process."""
         self._closed = False
+
+    def _adopt_orphans(self, directory: Path) -> int:
+        """Move the rows of every other unclaimed spool file into this one, then delete it.
+
+        Several processes that ended with events pending leave several files; one new
+        process replays them all.
+        """
+        adopted = 0
+        for other in sorted(directory.glob("spool-*.sqlite")):
+            if other == self.path:
+                continue
+            fd = _try_lock(other.with_suffix(".lock"))
+            if fd is None:
+                continue  # a live process owns it
+            try:
+                self._db.execute("ATTACH DATABASE ? AS orphan", (str(other),))
+                try:
+                    has_events = self._db.execute(
+                        "SELECT count(*) FROM orphan.sqlite_master WHERE type = 'table' AND name = 'events'"
+                    ).fetchone()[0]
+                    if has_events:
+                        self._db.execute("BEGIN")
+                        cursor = self._db.execute(
+                            "INSERT INTO events (topic, key, value, waited) "
+                            "SELECT topic, key, value, 1 FROM orphan.events ORDER BY id"
+                        )
+                        self._db.execute("COMMIT")
+                        adopted += cursor.rowcount
+                finally:
+                    self._db.execute("DETACH DATABASE orphan")
+                for leftover in (other, Path(f"{other}-wal"), Path(f"{other}-shm"), other.with_suffix(".lock")):
+                    leftover.unlink(missing_ok=True)
+            except sqlite3.Error:
+                continue  # unreadable: leave it for a human, never delete events
+            finally:
+                os.close(fd)
+        return adopted
 
     def append(self, rows: list[tuple[str, bytes | None, bytes, bool]]) -> int:
         """Append in order as far as the bound allows; returns how many were stored."""

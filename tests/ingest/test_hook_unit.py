@@ -328,6 +328,28 @@ def test_spool_survives_reopen_and_is_claimed_by_one_process_at_a_time(tmp_path:
     other.close()
 
 
+def test_a_new_spool_adopts_every_orphaned_spool_file(tmp_path: Path) -> None:
+    first = Spool(tmp_path, max_events=100, max_bytes=1 << 20)
+    second = Spool(tmp_path, max_events=100, max_bytes=1 << 20)
+    busy = Spool(tmp_path, max_events=100, max_bytes=1 << 20)  # stays open: a live process
+    first.append([("t", b"a", b"a%d" % i, False) for i in range(3)])
+    second.append([("t", b"b", b"b%d" % i, False) for i in range(4)])
+    busy.append([("t", b"c", b"c0", False)])
+    first.close()
+    second.close()
+    a, b = [b"a0", b"a1", b"a2"], [b"b0", b"b1", b"b2", b"b3"]
+    heir = Spool(tmp_path, max_events=100, max_bytes=1 << 20)
+    own, orphan, expected = (first, second, a + b) if heir.path == first.path else (second, first, b + a)
+    assert heir.path == own.path
+    assert heir.adopted == len(expected) - (3 if own is first else 4)
+    assert [r.value for r in heir.read_after(0, 100)] == expected  # its own rows first, then the orphan's
+    assert (heir.count, heir.inherited_upto) == (7, 7)
+    assert not orphan.path.exists() and busy.path.exists()
+    assert sorted(p.name for p in tmp_path.glob("*.sqlite")) == sorted([heir.path.name, busy.path.name])
+    heir.close()
+    busy.close()
+
+
 def test_configure_reads_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from ingest.config import build_config
 
