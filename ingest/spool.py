@@ -6,7 +6,8 @@ loses only events still in the in-memory queue, and the next process that opens 
 spool folder replays what was left, in order, with the original event ids.
 
 A process claims one spool file with an exclusive `flock` on its companion lock file; a
-file whose lock is free was left by a process that ended, and the next process claims it.
+file whose lock is free was left by a process that ended: the next process claims one such
+file and moves the rows of any others into it.
 """
 
 from __future__ import annotations
