@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -147,7 +147,7 @@ class PolicyWatcher:
         if msg is None:
             return False
         if msg.error():
-            if msg.error().code() != KafkaError._PARTITION_EOF:
+            if cast(KafkaError, msg.error()).code() != KafkaError._PARTITION_EOF:
                 log.warning("policy consumer: %s", msg.error())
             return False
         self._apply(msg.key(), msg.value())
@@ -230,6 +230,17 @@ class SignalPublisher:
 # --------------------------------------------------------------------------- the app
 
 
+def _store_put(table: Any, key: bytes, value: bytes, partition: int) -> None:
+    """Write a table's memory store without faust's per-key changelog message.
+
+    The caller sends the changelog record itself (once per key per batch). Recording the key's
+    partition lets faust drop it from memory when that partition moves to another worker.
+    """
+    store = table.data
+    store[key] = value
+    store._key_partition[key] = partition
+
+
 class LedgerApp:
     """The faust app and the state the agent needs, built from one Settings object."""
 
@@ -290,9 +301,7 @@ class LedgerApp:
         return float(value) >= now_s - self.settings.dedupe_retention_s
 
     def _remember(self, event_id: bytes, partition: int, now_s: float) -> None:
-        store = self.dedupe.data
-        store[event_id] = str(int(now_s)).encode()
-        store._key_partition[event_id] = partition
+        _store_put(self.dedupe, event_id, str(int(now_s)).encode(), partition)
 
     def _load_budget(self, key: str) -> dict[str, Any] | None:
         raw = self.budgets.data.get(key.encode())
@@ -318,7 +327,7 @@ class LedgerApp:
         pending.append(await producer.send(topic, key, value, partition, None, None, transactional_id=tid))
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for events in cast(Any, stream).take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             await self.handle_batch(events)
 
     async def handle_batch(self, events: Sequence[faust.EventT]) -> None:
@@ -357,12 +366,11 @@ class LedgerApp:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
         for key, partition, value in dedupe_writes:
             await self._send(pending, self.dedupe_changelog, key, value, partition)
-        for key, (state, partition) in self.book.take_dirty().items():
-            bkey = key.encode()
-            store = self.budgets.data
-            store[bkey] = orjson.dumps(state.to_json())
-            store._key_partition[bkey] = partition
-            await self._send(pending, self.budgets_changelog, bkey, store[bkey], partition)
+        for skey, (state, partition) in self.book.take_dirty().items():
+            bkey = skey.encode()
+            value = orjson.dumps(state.to_json())
+            _store_put(self.budgets, bkey, value, partition)
+            await self._send(pending, self.budgets_changelog, bkey, value, partition)
         # the store is the state; the book's copies are per batch, so a rebalance never leaves them stale
         self.book.states.clear()
         if pending:
@@ -425,7 +433,7 @@ class LedgerApp:
 
     async def _expire_dedupe_once(self) -> None:
         horizon = self.now().timestamp() - self.settings.dedupe_retention_s
-        store = self.dedupe.data
+        store = cast(Any, self.dedupe.data)
         old = [k for k, v in list(store.items()) if float(v) < horizon]
         pending: list[Any] = []
         for key in old:

@@ -178,8 +178,8 @@ def price_event(
         assert event.tool_name is not None
         card_fee = rate_card.tool_fee(event.tool_name) if rate_card else None
         if card_fee is not None:
-            listed = event.tool_fee if event.tool_fee is not None else card_fee
-            return priced(card_fee, listed, SOURCE_RATE_CARD, _version(rate_card, SOURCE_RATE_CARD))
+            tool_list = event.tool_fee if event.tool_fee is not None else card_fee
+            return priced(card_fee, tool_list, SOURCE_RATE_CARD, _version(rate_card, SOURCE_RATE_CARD))
         if event.tool_fee is not None:
             return priced(event.tool_fee, event.tool_fee, SOURCE_TOOL_FEE, SOURCE_TOOL_FEE)
         # a tool without a fee (a local function) costs nothing: that is a price, not a gap
