@@ -89,7 +89,8 @@ def chargeback_query(
             raise InvalidParameter(f"cannot filter on {name!r}", field=name)
 
     params: dict[str, Any] = {"database": database}
-    conditions = []
+    # A reservation (call_started) is an estimate, not spend: the event that settles it is charged.
+    conditions = ["kind != 'call_started'"]
     if start is not None:
         conditions.append("occurred_at >= {start:DateTime64(6, 'UTC')}")
         params["start"] = start

@@ -47,7 +47,8 @@ def test_chargeback_sql_text_and_bound_params():
         "SELECT event_id, argMax(tuple(team, occurred_at, cost, list_cost, input_tokens, output_tokens, "
         "cache_read_tokens, cache_write_tokens, reasoning_tokens), priced_at) AS picked "
         "FROM {database:Identifier}.priced_events "
-        "WHERE occurred_at >= {start:DateTime64(6, 'UTC')} AND occurred_at < {end:DateTime64(6, 'UTC')} "
+        "WHERE kind != 'call_started' AND occurred_at >= {start:DateTime64(6, 'UTC')} "
+            "AND occurred_at < {end:DateTime64(6, 'UTC')} "
         "GROUP BY event_id)) GROUP BY team, day ORDER BY team, day"
     )
 
@@ -65,7 +66,7 @@ def test_no_group_by_gives_one_total_row_without_group_clause():
     sql, params = chargeback_query("db_x", [])
     assert " GROUP BY event_id)" in sql
     assert not sql.endswith("ORDER BY ")
-    assert "WHERE" not in sql
+    assert "WHERE kind != 'call_started' GROUP BY event_id" in sql
     assert params == {"database": "db_x"}
 
 
