@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from decimal import Decimal
 
@@ -9,7 +10,7 @@ import orjson
 import pytest
 from genai_prices import Usage, calc_price
 
-from processors.policies import publish_policy
+from processors.policies import delete_policy, publish_policy
 from schemas.budgets import Action, BudgetPolicy, Scope
 from schemas.topics import COST_EVENTS, COST_EVENTS_DLQ, PRICED_EVENTS, SESSION_STATUS, SIGNALS
 from tests.processors.conftest import make_event, produce
@@ -200,3 +201,31 @@ def test_unpriced_model_under_block_policy_kills_the_session(settings_factory, w
     assert signals[0]["reason"].startswith("unpriced model")
     statuses = reader_factory(settings, SESSION_STATUS.suffix).wait_for(1, settle=0.5)
     assert [(s["session_id"], s["state"]) for s in statuses] == [("s-unknown", "killed")]
+
+
+def test_policies_change_while_running_and_default_cap_applies(settings_factory, worker_factory, reader_factory):
+    settings = settings_factory(session_token_cap=10_000)
+    worker_factory(settings)
+    priced = reader_factory(settings, PRICED_EVENTS.suffix)
+    signals = reader_factory(settings, SIGNALS.suffix)
+
+    def spend(session: str, step: int) -> dict:
+        return make_event(
+            session_id=session, workflow_id=f"wf-{session}", step=step, input_tokens=2000, output_tokens=500
+        )
+
+    produce(settings, COST_EVENTS.suffix, [("s-a", spend("s-a", 0))])
+    assert len(priced.wait_for(1, settle=0.0)) == 1
+    publish_policy(settings, BudgetPolicy(policy_id="live", scope=(Scope.SESSION,), limit_tokens=2000))
+    time.sleep(1.0)  # the watcher polls every 0.2 s
+    produce(settings, COST_EVENTS.suffix, [("s-b", spend("s-b", 0))])
+    got = signals.wait_for(1, settle=1.0)
+    assert [(s["session_id"], s["policy_id"], s["spent_tokens"]) for s in got] == [("s-b", "live", 2500)]
+
+    delete_policy(settings, "live")
+    time.sleep(1.0)
+    produce(settings, COST_EVENTS.suffix, [("s-c", spend("s-c", 0))] + [("s-d", spend("s-d", i)) for i in range(4)])
+    got = signals.wait_for(2, settle=2.0)
+    assert [(s["session_id"], s["policy_id"], s["spent_tokens"]) for s in got[1:]] == [
+        ("s-d", "default-session-token-cap", 10_000)
+    ]
