@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -122,7 +124,6 @@ def budget_set(
 ) -> None:
     """Create or replace a budget policy."""
     from processors.policies import publish_policy
-
     from schemas.budgets import BudgetPolicy
 
     policy = BudgetPolicy.model_validate(
@@ -147,6 +148,136 @@ def budget_delete(policy_id: str) -> None:
 
     delete_policy(get_settings(), policy_id)
     typer.echo(f"deleted {policy_id}")
+
+
+keys = typer.Typer(
+    help=(
+        "API keys (stored hashed in the warehouse). Without --api they open the warehouse "
+        "directly, which works with a ClickHouse server, or with chDB while no API runs on "
+        "its folder; while `agentledger api` holds the chDB folder, pass --api and an admin key."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(keys, name="keys")
+
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--api", envvar="AGENTLEDGER_API_URL", help="Go through this running API, e.g. http://127.0.0.1:8000"),
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option("--admin-key", envvar="AGENTLEDGER_ADMIN_KEY", help="An unrestricted admin key (with --api)"),
+]
+
+
+def _api_client(url: str, admin_key: str | None) -> Any:
+    import httpx
+
+    if not admin_key:
+        typer.echo("error: --api needs an admin key (--admin-key or AGENTLEDGER_ADMIN_KEY)", err=True)
+        raise typer.Exit(2)
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+
+
+def _api_call(url: str, admin_key: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    with _api_client(url, admin_key) as client:
+        response = client.request(method, path, **kwargs)
+    if response.status_code >= 400:
+        typer.echo(f"error: HTTP {response.status_code}: {response.text}", err=True)
+        raise typer.Exit(1)
+    return response.json()
+
+
+@contextmanager
+def _key_store() -> Iterator[Any]:
+    from api.keys import KeyStore
+    from api.migrations import migrate as apply
+    from api.warehouse import WarehouseLocked, open_warehouse
+
+    settings = get_settings()
+    try:
+        warehouse = open_warehouse(settings)
+    except WarehouseLocked as exc:
+        typer.echo(
+            f"error: WarehouseLocked: {exc}\n"
+            "A running `agentledger api` holds the embedded warehouse. Go through it with "
+            "--api http://HOST:PORT --admin-key <admin key>, or stop it and run this again.",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    try:
+        apply(warehouse, settings.database)
+        yield KeyStore(warehouse, settings.database, cache_s=0)
+    finally:
+        warehouse.close()
+
+
+def _key_json(key: Any) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "name": key.name,
+        "scopes": sorted(key.scopes),
+        "team": key.team,
+        "created_at": key.created_at.isoformat() if key.created_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+@keys.command("create")
+def keys_create(
+    scope: Annotated[list[str], typer.Option(help="ingest, reports:read, budgets:write or admin (repeatable)")],
+    team: Annotated[str | None, typer.Option(help="Restrict the key to this team's data")] = None,
+    name: Annotated[str, typer.Option(help="A note on what the key is for")] = "",
+    api_url: ApiUrl = None,
+    admin_key: AdminKey = None,
+) -> None:
+    """Create a key and print it as JSON; its `key` is shown this once and never stored."""
+    if api_url:
+        body = _api_call(api_url, admin_key, "POST", "/v1/keys", json={"scopes": scope, "team": team, "name": name})
+    else:
+        from api.keys import InvalidKeySpec
+
+        with _key_store() as store:
+            try:
+                key, text = store.create(scope, team=team, name=name)
+            except InvalidKeySpec as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            body = {**_key_json(key), "key": text}
+    typer.echo(json.dumps(body, indent=2))
+    typer.echo("store the key now: it cannot be shown again", err=True)
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: str, api_url: ApiUrl = None, admin_key: AdminKey = None) -> None:
+    """Revoke a key; a running API stops accepting it within AGENTLEDGER_AUTH_CACHE_S."""
+    if api_url:
+        body = _api_call(api_url, admin_key, "DELETE", f"/v1/keys/{key_id}")
+    else:
+        from api.keys import UnknownKey
+
+        with _key_store() as store:
+            try:
+                body = _key_json(store.revoke(key_id))
+            except UnknownKey as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+    typer.echo(json.dumps(body, indent=2))
+
+
+@keys.command("list")
+def keys_list(
+    include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys")] = False,
+    api_url: ApiUrl = None,
+    admin_key: AdminKey = None,
+) -> None:
+    """List keys (ids, scopes, teams; never secrets) as JSON."""
+    if api_url:
+        body = _api_call(api_url, admin_key, "GET", "/v1/keys", params={"include_revoked": include_revoked})
+    else:
+        with _key_store() as store:
+            body = [_key_json(k) for k in store.list_keys(include_revoked=include_revoked)]
+    typer.echo(json.dumps(body, indent=2))
 
 
 def repo_root() -> Path:

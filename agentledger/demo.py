@@ -12,15 +12,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
-from processors.policies import publish_policy
 from rich.console import Console
 from rich.table import Table
 
 import ingest
 from agentledger.settings import Settings
+from processors.policies import publish_policy
 from schemas.budgets import Action, BudgetPolicy, Scope, Window
 
 RUNAWAY_TOKEN_CAP = 50_000
@@ -102,18 +103,24 @@ def _runaway(session_id: str, console: Console) -> tuple[Tally, ingest.BudgetExc
     return tally, None
 
 
-def _chargeback(base: str, console: Console, expected_calls: int, timeout: float = 60.0) -> dict[str, object]:
+def _tokens(totals: dict[str, Any]) -> int:
+    return sum(int(totals[t]) for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"))
+
+
+def _chargeback(base: str, since: datetime, expected_calls: int, timeout: float = 60.0) -> dict[str, Any]:
+    """The chargeback of this demo run, once the sink has stored every event of it."""
     deadline = time.monotonic() + timeout
-    body: dict[str, object] = {}
+    params = {"group_by": "team,project", "from": since.isoformat()}
+    body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        body = httpx.get(f"{base}/v1/chargeback", params={"group_by": "team,project"}, timeout=10).json()
-        if int(body["total"]["calls"]) >= expected_calls:  # type: ignore[index]
+        body = httpx.get(f"{base}/v1/chargeback", params=params, timeout=10).json()
+        if int(body["total"]["calls"]) >= expected_calls:
             break
         time.sleep(0.5)
     return body
 
 
-def _render(body: dict[str, object], console: Console) -> None:
+def _render(body: dict[str, Any], console: Console) -> None:
     table = Table(title="Chargeback by team and project (from ClickHouse, via GET /v1/chargeback)")
     for column in ("team", "project", "calls", "tokens", "cost (USD)"):
         table.add_column(column, justify="right" if column in ("calls", "tokens", "cost (USD)") else "left")
@@ -130,6 +137,7 @@ def _render(body: dict[str, object], console: Console) -> None:
 def run_demo(settings: Settings, *, sessions: int = 12, calls: int = 8, console: Console | None = None) -> None:
     console = console or Console()
     run = uuid.uuid4().hex[:6]
+    since = datetime.now(UTC) - timedelta(seconds=5)
     console.rule("Demo fleet")
     policy = BudgetPolicy(
         policy_id=f"demo-runaway-cap-{run}",
@@ -179,7 +187,11 @@ def run_demo(settings: Settings, *, sessions: int = 12, calls: int = 8, console:
         )
     total.add(runaway)
     base = f"http://{settings.api_host}:{settings.api_port}"
-    body = _chargeback(base, console, expected_calls=total.llm_calls + total.tool_calls + 1)
+    expected = total.llm_calls + total.tool_calls + (1 if stop is not None else 0)
+    body = _chargeback(base, since, expected_calls=expected)
     _render(body, console)
-    cost = Decimal(str(body["total"]["cost"]))  # type: ignore[index]
-    console.print(f"total chargeback: ${cost:.6f}")
+    stored = int(body["total"]["calls"])
+    colour = "green" if stored == expected else "red"
+    console.print(
+        f"[{colour}]{stored} of {expected} recorded calls are in ClickHouse[/], charged ${body['total']['cost']}"
+    )

@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     # api
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    auth: Literal["required", "disabled"] = "required"
+    """`required`: every /v1 endpoint needs an API key. `disabled`: requests act as an
+    unrestricted admin, for local demos only; the API refuses it unless api_host is loopback."""
+    auth_cache_s: float = Field(default=5.0, ge=0, le=300)
+    """How long the API trusts a looked-up key: a revocation takes effect within this."""
+    ingest_max_events: int = Field(default=1000, ge=1, le=100_000)
+    ingest_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    ingest_delivery_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """POST /v1/events waits this long for Kafka's acks before answering 503."""
 
     # local broker (scripts/kafka.sh)
     kafka_home: Path = Path("var/kafka")

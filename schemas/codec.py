@@ -20,7 +20,9 @@ def _default(value: Any) -> Any:
 
 
 def encode(model: BaseModel) -> bytes:
-    return orjson.dumps(model.model_dump(mode="python", exclude_none=True), default=_default)
+    return orjson.dumps(
+        model.model_dump(mode="python", exclude_none=True), default=_default, option=orjson.OPT_NON_STR_KEYS
+    )
 
 
 def decode(model_type: type[M], data: bytes | str) -> M:

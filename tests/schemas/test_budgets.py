@@ -57,3 +57,10 @@ def test_combined_scope_with_match() -> None:
     )
     assert p.match == {Scope.AGENT_TYPE: "pr-reviewer"}
     assert p.limit_cost == Decimal("25.00")
+
+
+def test_policy_with_a_match_round_trips_through_the_wire_format() -> None:
+    from schemas.codec import decode, encode
+
+    p = BudgetPolicy.model_validate(policy(scope=["team", "agent_type"], match={"team": "payments"}))
+    assert decode(BudgetPolicy, encode(p)) == p
