@@ -13,9 +13,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentledger.settings import Settings
+from api.auth import check_auth_settings
 from api.errors import ApiError, InvalidParameter, WarehouseUnavailable
+from api.keys import KeyStore
 from api.migrations import migrate
-from api.routes import chargeback
+from api.producer import EventProducer
+from api.routes import chargeback, ingest, keys
 from api.sink import Sink
 from api.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -35,6 +38,7 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
 
     With `with_sink`, the sink runs as a thread of this process (embedded mode needs that:
     one process per chDB folder) and stops with the app."""
+    check_auth_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,10 +49,13 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
         app.state.warehouse = wh
         app.state.sink = None
         app.state.sink_error = None
+        app.state.keys = KeyStore(wh, settings.database, cache_s=settings.auth_cache_s)
+        app.state.producer = None
         stop = threading.Event()
         thread = None
         try:
             migrate(wh, settings.database)
+            app.state.producer = EventProducer(settings)
             if with_sink:
                 app.state.sink = Sink(settings, wh)
                 thread = threading.Thread(
@@ -60,6 +67,8 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
             stop.set()
             if thread is not None:
                 thread.join(timeout=60)
+            if app.state.producer is not None:
+                app.state.producer.close()
             if owned:
                 wh.close()
 
@@ -72,7 +81,7 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()})
+        return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()}, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -103,4 +112,6 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(chargeback.router)
+    app.include_router(ingest.router)
+    app.include_router(keys.router)
     return app

@@ -14,3 +14,6 @@ SINK_INSERT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SINK_LAG = Gauge("agentledger_sink_lag_messages", "High watermark minus committed offset", ["partition"])
+HTTP_INGEST_EVENTS = Counter(
+    "agentledger_http_ingest_events_total", "Events posted to POST /v1/events, by outcome", ["outcome"]
+)

@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, PlainSerializer
 
+from api.auth import require
 from api.errors import InvalidParameter
+from api.keys import ApiKey
 from api.queries import DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, chargeback_query, parse_group_by
 from api.warehouse import Warehouse
 
@@ -59,9 +61,14 @@ def _totals(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_report(
-    warehouse: Warehouse, database: str, group_by: tuple[str, ...], start: datetime | None, end: datetime | None
+    warehouse: Warehouse,
+    database: str,
+    group_by: tuple[str, ...],
+    start: datetime | None,
+    end: datetime | None,
+    filters: dict[str, str] | None = None,
 ) -> ChargebackReport:
-    sql, params = chargeback_query(database, group_by, start, end)
+    sql, params = chargeback_query(database, group_by, start, end, filters)
     rows = warehouse.query(sql, params)
     report_rows = [ChargebackRow(group={g: row[g] for g in group_by}, **_totals(row)) for row in rows]
     # The grand total is the exact Decimal sum of the group rows: it adds up to the cent by construction.
@@ -81,6 +88,7 @@ def build_report(
 )
 def chargeback(
     request: Request,
+    key: Annotated[ApiKey, Depends(require("reports:read"))],
     group_by: Annotated[str, Query(description=f"Comma-separated, from: {', '.join(DIMENSIONS)}")] = "team",
     start: Annotated[datetime | None, Query(alias="from", description="ISO datetime, inclusive")] = None,
     end: Annotated[datetime | None, Query(alias="to", description="ISO datetime, exclusive")] = None,
@@ -90,4 +98,6 @@ def chargeback(
     if start is not None and end is not None and end <= start:
         raise InvalidParameter("'to' must be after 'from'", field="to")
     state = request.app.state
-    return build_report(state.warehouse, state.settings.database, dims, start, end)
+    # A team key reads its team's rows only, whatever the query asks: a bound filter.
+    filters = {"team": key.team} if key.team is not None else None
+    return build_report(state.warehouse, state.settings.database, dims, start, end, filters)

@@ -55,7 +55,7 @@ def _raw_count(wh, database):
 def test_chargeback_totals_are_exact_and_duplicates_count_once(
     settings_factory, warehouse_factory, priced_event_factory, produce_priced
 ):
-    settings = settings_factory(sink_batch_seconds=0.3)
+    settings = settings_factory(sink_batch_seconds=0.3, auth="disabled")
     wh = warehouse_factory(settings)
     migrate(wh, settings.database)
     teams = ["payments", "search", None]
@@ -92,7 +92,7 @@ def test_chargeback_totals_are_exact_and_duplicates_count_once(
 
 
 def test_period_filter_and_day_dimension(settings_factory, warehouse_factory, priced_event_factory, produce_priced):
-    settings = settings_factory(sink_batch_seconds=0.3)
+    settings = settings_factory(sink_batch_seconds=0.3, auth="disabled")
     wh = warehouse_factory(settings)
     migrate(wh, settings.database)
     events = [priced_event_factory(cost="1.000000000001", step=i) for i in range(3)]
@@ -125,7 +125,7 @@ def test_period_filter_and_day_dimension(settings_factory, warehouse_factory, pr
 
 
 def test_unknown_group_by_is_422_naming_the_field(settings_factory, warehouse_factory):
-    settings = settings_factory()
+    settings = settings_factory(auth="disabled")
     wh = warehouse_factory(settings)
     with TestClient(create_app(settings, wh, with_sink=False)) as client:  # the lifespan migrates
         response = client.get("/v1/chargeback", params={"group_by": "team,password"})
@@ -149,7 +149,7 @@ def test_crash_between_insert_and_commit_changes_no_total(
 ):
     # One partition and a batch larger than the input: both runs cut the same chunk, so the
     # replay carries the same deduplication token and the engine drops it.
-    settings = settings_factory(sink_batch_rows=1000, sink_batch_seconds=1.0)
+    settings = settings_factory(sink_batch_rows=1000, sink_batch_seconds=1.0, auth="disabled")
     wh = warehouse_factory(settings)
     migrate(wh, settings.database)
     events = [priced_event_factory(cost=f"0.{i:02d}0000000003", team=f"t{i % 3}") for i in range(40)]
@@ -183,7 +183,7 @@ def test_crash_between_insert_and_commit_changes_no_total(
 def test_invalid_records_go_to_the_dlq_and_the_rest_lands(
     settings_factory, warehouse_factory, priced_event_factory, produce_priced
 ):
-    settings = settings_factory(sink_batch_seconds=0.3)
+    settings = settings_factory(sink_batch_seconds=0.3, auth="disabled")
     wh = warehouse_factory(settings)
     migrate(wh, settings.database)
     good = [priced_event_factory(cost="2.5") for _ in range(4)]
@@ -216,7 +216,7 @@ def test_invalid_records_go_to_the_dlq_and_the_rest_lands(
 
 
 def test_app_runs_the_sink_in_process(settings_factory, priced_event_factory, produce_priced):
-    settings = settings_factory(sink_batch_seconds=0.2)
+    settings = settings_factory(sink_batch_seconds=0.2, auth="disabled")
     events = [priced_event_factory(cost="0.333333333333") for _ in range(9)]
     produce_priced(settings, events)
     with TestClient(create_app(settings, with_sink=True)) as client:
@@ -231,7 +231,7 @@ def test_app_runs_the_sink_in_process(settings_factory, priced_event_factory, pr
 def test_non_retryable_insert_error_stops_the_sink_without_commit(
     settings_factory, warehouse_factory, priced_event_factory, produce_priced
 ):
-    settings = settings_factory(sink_batch_seconds=0.2)
+    settings = settings_factory(sink_batch_seconds=0.2, auth="disabled")
     wh = warehouse_factory(settings)  # no migration: the table is missing
     produce_priced(settings, [priced_event_factory()])
     runner = SinkThread(Sink(settings, wh))
@@ -265,7 +265,7 @@ class FlakyWarehouse:
 def test_retryable_insert_errors_back_off_and_land_once(
     settings_factory, warehouse_factory, priced_event_factory, produce_priced
 ):
-    settings = settings_factory(sink_batch_seconds=0.2)
+    settings = settings_factory(sink_batch_seconds=0.2, auth="disabled")
     wh = warehouse_factory(settings)
     migrate(wh, settings.database)
     flaky = FlakyWarehouse(wh, failures=3)

@@ -31,10 +31,10 @@ def _raw_count(wh, database):
 def test_migrations_twice_is_a_no_op(settings_factory, warehouse_factory):
     settings = settings_factory()
     wh = warehouse_factory(settings)
-    assert migrate(wh, settings.database) == ["0001_priced_events.sql"]
+    assert migrate(wh, settings.database) == ["0001_priced_events.sql", "0002_api_keys.sql"]
     assert migrate(wh, settings.database) == []
     rows = wh.query("SELECT version FROM {db:Identifier}.schema_migrations", {"db": settings.database})
-    assert [r["version"] for r in rows] == ["0001"]
+    assert sorted(r["version"] for r in rows) == ["0001", "0002"]
     [table] = wh.query(
         "SELECT engine, sorting_key FROM system.tables WHERE database = {db:String} AND name = 'priced_events'",
         {"db": settings.database},
