@@ -144,9 +144,7 @@ def sync_client(provider: MockProvider) -> openai.OpenAI:
 
 
 def async_client(provider: MockProvider) -> openai.AsyncOpenAI:
-    return instrument_openai(
-        openai.AsyncOpenAI(api_key="sk-test", http_client=provider.async_client(), max_retries=0)
-    )
+    return instrument_openai(openai.AsyncOpenAI(api_key="sk-test", http_client=provider.async_client(), max_retries=0))
 
 
 def settled(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -189,11 +187,13 @@ def test_streamed_chat_keeps_the_usage_chunk_the_caller_asked_for(hook) -> None:
     hook()
     provider = MockProvider(respond)
     client = sync_client(provider)
-    with ingest.session(session_id="oa-3", agent_type="a"):
-        with client.chat.completions.create(
+    with (
+        ingest.session(session_id="oa-3", agent_type="a"),
+        client.chat.completions.create(
             model="gpt-4o", messages=messages(), stream=True, stream_options={"include_usage": True}
-        ) as stream:
-            chunks = list(stream)
+        ) as stream,
+    ):
+        chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 1200
     (done,) = settled(recorded())
     assert usage_of(done) == CHAT_EXPECTED
@@ -203,9 +203,11 @@ def test_chat_stream_helper_is_accounted(hook) -> None:
     hook()
     provider = MockProvider(respond)
     client = sync_client(provider)
-    with ingest.session(session_id="oa-4", agent_type="a"):
-        with client.chat.completions.stream(model="gpt-4o", messages=messages(), max_tokens=32) as stream:
-            final = stream.get_final_completion()
+    with (
+        ingest.session(session_id="oa-4", agent_type="a"),
+        client.chat.completions.stream(model="gpt-4o", messages=messages(), max_tokens=32) as stream,
+    ):
+        final = stream.get_final_completion()
     assert final.choices[0].message.content == "Hello!"
     started, done = recorded()
     assert started["max_output_tokens"] == 32
@@ -294,7 +296,7 @@ def test_provider_error_releases_the_reservation_and_propagates(hook) -> None:
     client = sync_client(provider)
     with ingest.session(session_id="oa-9", agent_type="a"), pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="gpt-4o", messages=messages())
-    started, aborted = recorded()
+    _started, aborted = recorded()
     assert aborted["kind"] == "call_aborted" and aborted["reason"] == "exception: RateLimitError"
 
 
@@ -330,5 +332,5 @@ def test_outside_a_session_calls_pass_untouched(hook) -> None:
         openai.OpenAI(api_key="sk-test", http_client=provider.client(), max_retries=0), session=bound
     )
     other.chat.completions.create(model="gpt-4o", messages=messages())
-    (started, done) = recorded()
+    (_started, done) = recorded()
     assert done["session_id"] == "oa-11" and usage_of(done) == CHAT_EXPECTED
