@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -91,6 +92,8 @@ def up(
     _logging()
     from agentledger.local import run_local
 
+    # A laptop demo on loopback needs no keys; check_auth_settings refuses this off loopback.
+    os.environ.setdefault("AGENTLEDGER_AUTH", "disabled")
     raise typer.Exit(run_local(get_settings(), demo=demo, keep_kafka=keep_kafka))
 
 

@@ -124,13 +124,12 @@ def _render(body: dict[str, Any], console: Console) -> None:
     table = Table(title="Chargeback by team and project (from ClickHouse, via GET /v1/chargeback)")
     for column in ("team", "project", "calls", "tokens", "cost (USD)"):
         table.add_column(column, justify="right" if column in ("calls", "tokens", "cost (USD)") else "left")
-    for row in body["rows"]:  # type: ignore[attr-defined]
-        table.add_row(
-            str(row["team"]), str(row["project"]), str(row["calls"]), f"{int(row['total_tokens']):,}", row["cost"]
-        )
+    for row in body["rows"]:
+        group = row["group"]
+        table.add_row(str(group["team"]), str(group["project"]), str(row["calls"]), f"{_tokens(row):,}", row["cost"])
     total = body["total"]
     table.add_section()
-    table.add_row("total", "", str(total["calls"]), f"{int(total['total_tokens']):,}", total["cost"])  # type: ignore[index]
+    table.add_row("total", "", str(total["calls"]), f"{_tokens(total):,}", total["cost"])
     console.print(table)
 
 

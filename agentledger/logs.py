@@ -13,6 +13,8 @@ def configure_logging(level: str | None = None) -> None:
     name = (level or os.environ.get("AGENTLEDGER_LOG_LEVEL", "INFO")).upper()
     numeric = logging.getLevelNamesMapping().get(name, logging.INFO)
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
