@@ -121,7 +121,29 @@ def _raw_event_id(raw: Any) -> str | None:
     return value[:64] if isinstance(value, str) else None
 
 
-@router.post("/events", response_model=IngestResult, summary="Ingest a batch of cost events over HTTP")
+_EVENTS = {"type": "array", "items": {"type": "object"}, "description": "Cost events (schemas/json/cost-event.v1)"}
+_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    _EVENTS,
+                    {"type": "object", "properties": {"events": _EVENTS}, "required": ["events"]},
+                ]
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/events",
+    response_model=IngestResult,
+    summary="Ingest a batch of cost events over HTTP",
+    # the body is read raw (size limits before parsing), so its shape is declared by hand
+    openapi_extra={"requestBody": _BODY},
+)
 async def ingest_events(request: Request, key: Annotated[ApiKey, Depends(require("ingest"))]) -> IngestResult:
     settings = request.app.state.settings
     producer: EventProducer = request.app.state.producer
