@@ -186,10 +186,11 @@ def _begin(
 
 def _finish(adapter: Adapter, tracker: Tracker, path: str, result: Any) -> Any:
     try:
-        if _is_stream(result):
-            _tap(adapter, tracker, path, result)
+        parsed = _parsed(result)
+        if _is_stream(parsed):
+            _tap(adapter, tracker, path, parsed)
             return result
-        adapter.response(tracker, path, _parsed(result))
+        adapter.response(tracker, path, parsed)
         tracker.complete()
     except Exception:
         count_error("could not read a response's usage")
@@ -202,7 +203,8 @@ def _is_stream(result: Any) -> bool:
 
 
 def _parsed(result: Any) -> Any:
-    """`with_raw_response` hands back an unparsed response; its parse is cached."""
+    """`with_raw_response` hands back an unparsed response; its parse is cached, so the
+    caller's own `.parse()` later gets the very object observed (or tapped) here."""
     if type(result).__name__ == "LegacyAPIResponse":
         return result.parse()
     return result

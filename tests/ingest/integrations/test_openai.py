@@ -334,3 +334,16 @@ def test_outside_a_session_calls_pass_untouched(hook) -> None:
     other.chat.completions.create(model="gpt-4o", messages=messages())
     (_started, done) = recorded()
     assert done["session_id"] == "oa-11" and usage_of(done) == CHAT_EXPECTED
+
+
+def test_with_raw_response_is_accounted_streamed_and_not(hook) -> None:
+    hook()
+    provider = MockProvider(respond)
+    client = sync_client(provider)
+    with ingest.session(session_id="oa-12", agent_type="a"):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages())
+        assert raw.parse().choices[0].message.content == "Hello!"
+        raw_stream = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages(), stream=True)
+        assert len(list(raw_stream.parse())) == 4
+    done = settled(recorded())
+    assert [(usage_of(e), e["streamed"]) for e in done] == [(CHAT_EXPECTED, False), (CHAT_EXPECTED, True)]
