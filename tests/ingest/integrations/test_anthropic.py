@@ -243,3 +243,24 @@ def test_count_tokens_is_not_a_call(hook) -> None:
     with ingest.session(session_id="an-7", agent_type="a"):
         assert client.messages.count_tokens(model="claude-sonnet-4-0", messages=prompt()).input_tokens == 12
     assert recorded() == []
+
+
+def test_async_stream_closed_early_records_the_tokens_already_reported(hook) -> None:
+    hook()
+    provider = MockProvider(respond)
+
+    async def main() -> None:
+        client = async_client(provider)
+        async with ingest.session(session_id="an-8", agent_type="a"):
+            stream = await client.messages.create(
+                model="claude-sonnet-4-0", max_tokens=64, messages=prompt(), stream=True
+            )
+            async for event in stream:
+                if event.type == "content_block_delta":
+                    break
+            await stream.close()
+
+    asyncio.run(main())
+    started, partial = recorded()
+    assert (partial["kind"], partial["error"], partial["settles"]) == ("llm_call", True, started["event_id"])
+    assert usage_of(partial) == (50, 1, 1000, 200, 0)

@@ -347,3 +347,17 @@ def test_with_raw_response_is_accounted_streamed_and_not(hook) -> None:
         assert len(list(raw_stream.parse())) == 4
     done = settled(recorded())
     assert [(usage_of(e), e["streamed"]) for e in done] == [(CHAT_EXPECTED, False), (CHAT_EXPECTED, True)]
+
+
+def test_responses_stream_helper_is_accounted(hook) -> None:
+    hook()
+    client = sync_client(MockProvider(respond))
+    with (
+        ingest.session(session_id="oa-13", agent_type="a"),
+        client.responses.stream(model="o4-mini", input="hi", max_output_tokens=300) as stream,
+    ):
+        final = stream.get_final_response()
+    assert final.output_text == "Hello!"
+    started, done = recorded()
+    assert started["max_output_tokens"] == 300
+    assert (usage_of(done), done["streamed"]) == (RESPONSES_EXPECTED, True)
