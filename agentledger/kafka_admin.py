@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from agentledger.settings import Settings
@@ -35,3 +37,20 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+
+
+def wait_for_group(settings: Settings, group_id: str, timeout: float = 120.0) -> bool:
+    """Wait until a consumer group is stable with at least one member holding partitions."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            description = admin.describe_consumer_groups([group_id], request_timeout=5)[group_id].result(timeout=10)
+            if description.state == ConsumerGroupState.STABLE and any(
+                m.assignment.topic_partitions for m in description.members
+            ):
+                return True
+        except KafkaException:
+            pass
+        time.sleep(0.3)
+    return False

@@ -18,7 +18,7 @@ from types import FrameType
 import httpx
 from rich.console import Console
 
-from agentledger.kafka_admin import ensure_topics
+from agentledger.kafka_admin import ensure_topics, wait_for_group
 from agentledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +105,8 @@ def run_local(settings: Settings, *, demo: bool, keep_kafka: bool) -> int:
         children["api"] = _spawn("api", log_dir)
         base = f"http://{settings.api_host}:{settings.api_port}"
         _wait_http(f"{base}/healthz", children, log_dir, timeout=120)
+        if not wait_for_group(settings, settings.worker_id, timeout=120):
+            raise LocalStackError(f"the worker did not join its consumer group; see {log_dir / 'worker.log'}")
         console.print(f"worker and api up (pids {children['worker'].pid}, {children['api'].pid}); logs in {log_dir}/")
         if demo:
             from agentledger.demo import run_demo
