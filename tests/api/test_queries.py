@@ -48,7 +48,7 @@ def test_chargeback_sql_text_and_bound_params():
         "cache_read_tokens, cache_write_tokens, reasoning_tokens), priced_at) AS picked "
         "FROM {database:Identifier}.priced_events "
         "WHERE kind != 'call_started' AND occurred_at >= {start:DateTime64(6, 'UTC')} "
-            "AND occurred_at < {end:DateTime64(6, 'UTC')} "
+        "AND occurred_at < {end:DateTime64(6, 'UTC')} "
         "GROUP BY event_id)) GROUP BY team, day ORDER BY team, day"
     )
 
