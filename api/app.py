@@ -18,7 +18,7 @@ from api.errors import ApiError, InvalidParameter, WarehouseUnavailable
 from api.keys import KeyStore
 from api.migrations import migrate
 from api.producer import EventProducer
-from api.routes import chargeback, ingest, keys
+from api.routes import chargeback, ingest, keys, reports
 from api.sink import Sink
 from api.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -112,6 +112,7 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(chargeback.router)
+    app.include_router(reports.router)
     app.include_router(ingest.router)
     app.include_router(keys.router)
     return app

@@ -7,6 +7,9 @@ from prometheus_client import Counter, Gauge, Histogram
 SINK_ROWS = Counter("agentledger_sink_rows_inserted_total", "Priced events inserted into the warehouse")
 SINK_BATCHES = Counter("agentledger_sink_batches_total", "Insert batches (one per partition chunk)")
 SINK_DEAD_LETTERS = Counter("agentledger_sink_dead_letters_total", "Records sent to the dead-letter topic")
+SINK_DUPLICATES = Counter(
+    "agentledger_sink_duplicates_skipped_total", "Rows whose event_id was already in the ledger (not rolled up again)"
+)
 SINK_RETRIES = Counter("agentledger_sink_insert_retries_total", "Insert attempts that failed and were retried")
 SINK_INSERT_SECONDS = Histogram(
     "agentledger_sink_insert_seconds",

@@ -117,3 +117,178 @@ def chargeback_query(
         keys = ", ".join(group_by)
         sql += f" GROUP BY {keys} ORDER BY {keys}"
     return sql, params
+
+
+# -- reports over the ledger and its rollups ---------------------------------------------------
+#
+# `event_ledger` holds one row per event_id (the sink inserts first-seen events only), and
+# `rollup_hourly` / `rollup_daily` are summing rollups fed from the ledger's inserts. Summing
+# them at query time is exact before any merge; they and the ledger agree by construction.
+
+ATTRIBUTES: tuple[str, ...] = (
+    "team", "project", "customer", "agent_type", "model", "provider", "tool_name", "session_id",
+)  # fmt: skip
+"""Dimensions that are columns of an event: allowed in group_by and as equality filters."""
+TIME_GRAINS: tuple[str, ...] = ("hour", "day", "week", "month")
+"""Time dimensions, all in UTC; weeks start on Monday (ISO)."""
+REPORT_DIMENSIONS: tuple[str, ...] = ATTRIBUTES + TIME_GRAINS
+"""The allow-list of GET /v1/chargeback's group_by."""
+ROLLUP_ATTRIBUTES: tuple[str, ...] = (*(a for a in ATTRIBUTES if a != "session_id"), "currency")
+"""Columns of the rollups' keys. session_id is not one: nearly every session would be its own row."""
+
+LEDGER, HOURLY, DAILY = "ledger", "rollup_hourly", "rollup_daily"
+SOURCES = (LEDGER, HOURLY, DAILY)
+_TABLE = {LEDGER: "event_ledger", HOURLY: "rollup_hourly", DAILY: "rollup_daily"}
+
+_TIME_COLUMN = {LEDGER: "occurred_at", HOURLY: "hour", DAILY: "day"}
+_TIME_PARAM_TYPE = {LEDGER: "DateTime64(6, 'UTC')", HOURLY: "DateTime64(6, 'UTC')", DAILY: "Date"}
+_TIME_EXPR = {
+    LEDGER: {
+        "hour": "toStartOfHour(occurred_at)",
+        "day": "toDate(occurred_at)",
+        "week": "toMonday(occurred_at)",
+        "month": "toStartOfMonth(occurred_at)",
+    },
+    HOURLY: {"hour": "hour", "day": "toDate(hour)", "week": "toMonday(hour)", "month": "toStartOfMonth(hour)"},
+    DAILY: {"day": "day", "week": "toMonday(day)", "month": "toStartOfMonth(day)"},
+}
+
+
+def parse_report_group_by(value: str | None) -> tuple[str, ...]:
+    """`"team,month"` -> checked, ordered, without repeats; names from REPORT_DIMENSIONS."""
+    names: list[str] = []
+    for raw in (value or "").split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if name not in REPORT_DIMENSIONS:
+            raise InvalidParameter(
+                f"unknown group_by field {name[:64]!r}; allowed: {', '.join(REPORT_DIMENSIONS)}", field="group_by"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _aligned(value: datetime | None, grain: str) -> bool:
+    if value is None:
+        return True
+    if value.minute or value.second or value.microsecond:
+        return False
+    return grain == "hour" or value.hour == 0
+
+
+def choose_source(
+    group_by: Sequence[str], start: datetime | None, end: datetime | None, filters: Mapping[str, str]
+) -> str:
+    """The cheapest table that answers exactly: the daily rollup for whole UTC days, the hourly
+    one for whole hours, the ledger for anything by session or at finer time bounds."""
+    if "session_id" in group_by or "session_id" in filters:
+        return LEDGER
+    if "hour" not in group_by and _aligned(start, "day") and _aligned(end, "day"):
+        return DAILY
+    if _aligned(start, "hour") and _aligned(end, "hour"):
+        return HOURLY
+    return LEDGER
+
+
+def _where(
+    source: str, start: datetime | None, end: datetime | None, filters: Mapping[str, str], params: dict[str, Any]
+) -> str:
+    conditions = []
+    if source == LEDGER:
+        conditions.append("kind != 'call_started'")  # a reservation is an estimate, not spend
+    column, type_ = _TIME_COLUMN[source], _TIME_PARAM_TYPE[source]
+    for name, bound, op in (("start", start, ">="), ("end", end, "<")):
+        if bound is None:
+            continue
+        conditions.append(f"{column} {op} {{{name}:{type_}}}")
+        params[name] = bound.date() if source == DAILY else bound
+    for i, (name, value) in enumerate(sorted(filters.items())):
+        if name not in ATTRIBUTES:
+            raise InvalidParameter(f"cannot filter on {name[:64]!r}", field=name[:64])
+        conditions.append(f"{name} = {{f{i}:String}}")
+        params[f"f{i}"] = value
+    return (" WHERE " + " AND ".join(conditions)) if conditions else ""
+
+
+def report_query(
+    database: str,
+    group_by: Sequence[str],
+    start: datetime | None = None,
+    end: datetime | None = None,
+    filters: Mapping[str, str] | None = None,
+    *,
+    source: str | None = None,
+    order_by_cost: bool = False,
+    limit: int | None = None,
+) -> tuple[str, dict[str, Any], str]:
+    """(sql, params, source): money, tokens and calls per group over [start, end) of event time.
+
+    `group_by` names come from REPORT_DIMENSIONS (plus `currency`); `filters` are bound
+    equality filters on ATTRIBUTES (a team key's restriction is one). The source is chosen by
+    `choose_source` unless given; a rollup cannot group by session_id."""
+    filters = dict(filters or {})
+    for name in group_by:
+        if name not in REPORT_DIMENSIONS and name != "currency":
+            raise InvalidParameter(f"unknown group_by field {name[:64]!r}", field="group_by")
+    source = source or choose_source(group_by, start, end, filters)
+    if source != LEDGER and ("session_id" in group_by or "session_id" in filters):
+        raise InvalidParameter("session_id needs the ledger", field="group_by")
+    if source == DAILY and "hour" in group_by:
+        raise InvalidParameter("the daily rollup has no hours", field="group_by")
+    params: dict[str, Any] = {"database": database}
+    where = _where(source, start, end, filters, params)
+    select = [f"{_TIME_EXPR[source][g] if g in TIME_GRAINS else g} AS {g}" for g in group_by]
+    select += [f"sum({m}) AS {m}" for m in (*MONEY_MEASURES, *TOKEN_MEASURES)]
+    select.append("count() AS calls" if source == LEDGER else "sum(calls) AS calls")
+    sql = f"SELECT {', '.join(select)} FROM {{database:Identifier}}.{_TABLE[source]}{where}"
+    if group_by:
+        sql += f" GROUP BY {', '.join(group_by)}"
+    if order_by_cost:
+        sql += " ORDER BY cost DESC" + "".join(f", {g}" for g in group_by)
+    elif group_by:
+        sql += f" ORDER BY {', '.join(group_by)}"
+    if limit is not None:
+        sql += " LIMIT {limit:UInt32}"
+        params["limit"] = limit
+    return sql, params, source
+
+
+SESSION_EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id", "kind", "occurred_at", "workflow_id", "step", "step_name", "agent_type", "team", "project",
+    "customer", "provider", "model", "tool_name", *TOKEN_MEASURES, *MONEY_MEASURES, "currency",
+    "price_version", "unpriced",
+)  # fmt: skip
+
+
+def session_events_query(
+    database: str, session_id: str, filters: Mapping[str, str] | None = None, limit: int = 10_000
+) -> tuple[str, dict[str, Any]]:
+    """Every event of one session from the ledger (reservations included, marked by `kind`),
+    in event time order; `filters` restrict it like any report (a team key's team)."""
+    params: dict[str, Any] = {"database": database, "session_id": session_id, "limit": limit}
+    conditions = ["session_id = {session_id:String}"]
+    for i, (name, value) in enumerate(sorted((filters or {}).items())):
+        if name not in ATTRIBUTES:
+            raise InvalidParameter(f"cannot filter on {name[:64]!r}", field=name[:64])
+        conditions.append(f"{name} = {{f{i}:String}}")
+        params[f"f{i}"] = value
+    sql = (
+        f"SELECT {', '.join(SESSION_EVENT_COLUMNS)} FROM {{database:Identifier}}.event_ledger "
+        f"WHERE {' AND '.join(conditions)} ORDER BY occurred_at, event_id LIMIT {{limit:UInt32}}"
+    )
+    return sql, params
+
+
+def rollup_drift_query(database: str) -> tuple[str, dict[str, Any]]:
+    """Ledger minus each rollup, in cost and calls: all zero unless a view insert was lost."""
+    sql = (
+        "SELECT l.cost - h.cost AS hourly_cost_drift, l.calls - h.calls AS hourly_calls_drift, "
+        "l.cost - d.cost AS daily_cost_drift, l.calls - d.calls AS daily_calls_drift FROM "
+        "(SELECT sum(cost) AS cost, toInt64(count()) AS calls FROM {database:Identifier}.event_ledger "
+        "WHERE kind != 'call_started') AS l, "
+        "(SELECT sum(cost) AS cost, toInt64(sum(calls)) AS calls FROM {database:Identifier}.rollup_hourly) AS h, "
+        "(SELECT sum(cost) AS cost, toInt64(sum(calls)) AS calls FROM {database:Identifier}.rollup_daily) AS d"
+    )
+    return sql, {"database": database}

@@ -7,6 +7,16 @@ synchronously only after every insert of the batch succeeded. After a crash betw
 and commit the same records are read again: the same chunk gets the same token and the
 engine drops it; should the chunk come out different, reports still count each event_id
 once (they deduplicate in the query), so no total doubles.
+
+After each chunk lands in `priced_events`, its first-seen events go to `event_ledger`, whose
+inserts feed the summing rollups through materialized views: the chunk's event_ids are looked
+up in the ledger and only unseen ones (first occurrence within the chunk) are inserted, with
+the chunk's token + ":ledger" (covering the views' blocks too). A duplicate arriving later,
+in another batch at other offsets, is found and skipped; a replay after a crash finds the
+whole chunk and inserts nothing. Duplicates share the session key, so one partition (one
+sink) sees them all. Not covered: a process killed inside the ledger INSERT after the
+ledger part is written but before the views' parts are (ClickHouse does not make a table
+and its views atomic); `rollup_drift_query` in api.queries finds such a gap.
 """
 
 from __future__ import annotations
@@ -45,6 +55,14 @@ PRICED_EVENT_COLUMNS: tuple[str, ...] = (
     "kafka_topic", "kafka_partition", "kafka_offset",
 )  # fmt: skip
 
+LEDGER_COLUMNS: tuple[str, ...] = (
+    "event_id", "kind", "occurred_at", "priced_at", "session_id", "workflow_id", "step", "step_name",
+    "agent_type", "team", "project", "customer", "provider", "model", "tool_name",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "cost", "list_cost", "currency", "price_version", "unpriced", "kafka_topic", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+_LEDGER_INDEX = tuple(PRICED_EVENT_COLUMNS.index(c) for c in LEDGER_COLUMNS)
+
 _PRICE_FIELDS = ("cost", "list_cost", "input_cost", "output_cost", "currency", "price_source", "price_version",
                  "unpriced", "late", "clamped")  # fmt: skip
 
@@ -67,6 +85,24 @@ def priced_event_row(priced: PricedEvent, topic: str, partition: int, offset: in
     values["kafka_partition"] = partition
     values["kafka_offset"] = offset
     return tuple(values[c] for c in PRICED_EVENT_COLUMNS)
+
+
+def ledger_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The `event_ledger` row (LEDGER_COLUMNS order) of a `priced_events` row."""
+    return tuple(row[i] for i in _LEDGER_INDEX)
+
+
+def first_seen(rows: Sequence[tuple[Any, ...]], known: set[str]) -> list[tuple[Any, ...]]:
+    """Ledger rows of the events in `rows` whose event_id is not in `known`, first occurrence only."""
+    out = []
+    seen = set(known)
+    for row in rows:
+        event_id = row[0]
+        if event_id in seen:
+            continue
+        seen.add(event_id)
+        out.append(ledger_row(row))
+    return out
 
 
 def dedup_token(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
@@ -98,6 +134,8 @@ class Sink:
         self.rows_inserted = 0
         self.batches = 0
         self.dead_letters = 0
+        self.duplicates_skipped = 0
+        self.ledger_rows = 0
         self._pending: dict[int, list[tuple[int, tuple[Any, ...]]]] = {}
         self._seen: dict[int, int] = {}
         self._dlq_errors: list[str] = []
@@ -170,16 +208,12 @@ class Sink:
 
     # -- warehouse ---------------------------------------------------------------------------
 
-    def _insert(self, partition: int, chunk: list[tuple[int, tuple[Any, ...]]]) -> None:
-        token = dedup_token(self.topic, partition, chunk[0][0], chunk[-1][0])
-        rows = [row for _, row in chunk]
+    def _with_retries(self, action: Any) -> None:
         delay = 0.1
         while True:
             started = time.perf_counter()
             try:
-                self.warehouse.insert(
-                    self.settings.database, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token=token
-                )
+                action()
             except WarehouseError as exc:
                 if not exc.retryable:
                     raise SinkError(f"insert failed, not retryable: {exc}") from exc
@@ -190,11 +224,34 @@ class Sink:
                 delay = min(delay * 2, 5.0)
                 continue
             metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
-            break
+            return
+
+    def _insert(self, partition: int, chunk: list[tuple[int, tuple[Any, ...]]]) -> None:
+        token = dedup_token(self.topic, partition, chunk[0][0], chunk[-1][0])
+        rows = [row for _, row in chunk]
+        database = self.settings.database
+        self._with_retries(
+            lambda: self.warehouse.insert(database, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token=token)
+        )
         self.rows_inserted += len(rows)
         self.batches += 1
         metrics.SINK_ROWS.inc(len(rows))
         metrics.SINK_BATCHES.inc()
+        self._with_retries(lambda: self._insert_ledger(rows, token + ":ledger"))
+
+    def _insert_ledger(self, rows: list[tuple[Any, ...]], token: str) -> None:
+        ids = sorted({row[0] for row in rows})
+        found = self.warehouse.query(
+            "SELECT DISTINCT event_id FROM {db:Identifier}.event_ledger WHERE event_id IN {ids:Array(String)}",
+            {"db": self.settings.database, "ids": ids},
+        )
+        fresh = first_seen(rows, {r["event_id"] for r in found})
+        skipped = len(rows) - len(fresh)
+        if fresh:
+            self.warehouse.insert(self.settings.database, "event_ledger", LEDGER_COLUMNS, fresh, dedup_token=token)
+        self.ledger_rows += len(fresh)
+        self.duplicates_skipped += skipped
+        metrics.SINK_DUPLICATES.inc(skipped)
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         assert self._consumer is not None
