@@ -290,6 +290,7 @@ class LedgerApp:
         self.dedupe_changelog = self.dedupe.changelog_topic.get_topic_name()
         self.budgets_changelog = self.budgets.changelog_topic.get_topic_name()
         self.app.agent(self.source, name="ledger")(self._agent)
+        self.app.on_partitions_assigned.connect(cast(Any, self._drop_stale_transactions))
         self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
 
     # -- state through faust's memory store: our objects in, raw bytes from a restore
@@ -325,6 +326,23 @@ class LedgerApp:
             tid = f"{app.conf.id}-{app.assignor.group_for_topic(self.source_name)}-{partition}"
         producer = app.consumer.transactions.producer if tid else await app.maybe_start_producer()
         pending.append(await producer.send(topic, key, value, partition, None, None, transactional_id=tid))
+
+    async def _drop_stale_transactions(self, app: Any, assigned: set[Any], **_: Any) -> None:
+        """Stop transactional producers of partitions this worker no longer owns.
+
+        faust 0.15 keeps them when a partition moves to another worker (whose new producer then
+        fences ours); if the partition comes back later, faust re-uses the fenced producer and
+        every send fails with ProducerFenced, so the agent crashes and the partition stalls.
+        Dropping them here makes faust create a fresh producer on re-assignment.
+        """
+        if not self.app.in_transaction:
+            return
+        transactions = cast(Any, self.app.consumer.transactions)
+        active = transactions._tps_to_transactional_ids(set(assigned))
+        producer = transactions.producer
+        for tid in [t for t in list(producer._transaction_producers) if t not in active]:
+            log.info("stopping stale transactional producer %s", tid)
+            await producer.stop_transaction(tid)
 
     async def _agent(self, stream: faust.StreamT) -> None:
         async for events in cast(Any, stream).take_events(BATCH_MAX, within=BATCH_WITHIN_S):

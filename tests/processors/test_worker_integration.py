@@ -229,3 +229,44 @@ def test_policies_change_while_running_and_default_cap_applies(settings_factory,
     assert [(s["session_id"], s["policy_id"], s["spent_tokens"]) for s in got[1:]] == [
         ("s-d", "default-session-token-cap", 10_000)
     ]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="faust 0.15.3 exactly-once across a rebalance between live workers: partitions stall for "
+    "tens of seconds (transactions left IN_TRANSACTION) and events were seen missing or doubled; "
+    "one worker with restarts is exact (test_crash_and_restart_counts_every_event_once)",
+)
+def test_two_workers_share_partitions_and_survive_losing_one(settings_factory, worker_factory, reader_factory):
+    """Two workers in one group; one is killed, the other takes its partitions and their state."""
+    settings = settings_factory()
+    sessions = [f"pair-{i}" for i in range(12)]
+    per_session = 100
+    publish_policy(
+        settings,
+        BudgetPolicy(policy_id="cap", scope=(Scope.SESSION,), limit_tokens=10_000, thresholds=(Decimal(1),)),
+    )
+    events = [
+        make_event(session_id=s, workflow_id=f"wf-{s}", step=i, input_tokens=60, output_tokens=40)
+        for i in range(per_session)
+        for s in sessions
+    ]
+    records = [(e["session_id"], e) for e in events]
+    half = len(records) // 2
+    priced = reader_factory(settings, PRICED_EVENTS.suffix)
+    doomed = worker_factory(settings)
+    survivor = worker_factory(settings)
+    produce(settings, COST_EVENTS.suffix, records[:half])
+    assert len(priced.wait_for(half, timeout=40.0, settle=0.0)) == half, survivor.log()[-2000:]
+    doomed.kill()
+    produce(settings, COST_EVENTS.suffix, records[half:] + records[:half])
+    got = priced.wait_for(len(events), timeout=45.0, settle=3.0)
+    counts = Counter(r["event"]["event_id"] for r in got)
+    assert len(counts) == len(events), survivor.log()[-3000:]
+    assert set(counts.values()) == {1}
+    signals = reader_factory(settings, SIGNALS.suffix).wait_for(len(sessions), settle=0.5)
+    by_session = {s["session_id"]: s for s in signals}
+    assert sorted(by_session) == sorted(sessions)
+    last = {e["session_id"]: e["event_id"] for e in events}
+    assert all(s["spent_tokens"] == 10_000 and s["trigger_event_id"] == last[s["session_id"]] for s in signals)
+    assert survivor.stop() == 0
