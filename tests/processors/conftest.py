@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient
 
 from agentledger.settings import Settings
 from schemas.events import derive_event_id
@@ -103,19 +105,42 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def delete_test_topics(settings: Settings) -> None:
+    """Best effort: drop a test's topics and the worker's faust topics, so the shared broker's
+    small heap does not fill up with thousands of partitions over many test runs."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    try:
+        names = [
+            t
+            for t in admin.list_topics(timeout=10).topics
+            if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
+        ]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=10).values():
+                with contextlib.suppress(Exception):
+                    future.result(timeout=15)
+    except Exception:  # cleanup must never fail a test
+        pass
+
+
 @pytest.fixture
 def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    """Start `python -m processors.worker` for some settings; every worker is stopped at the end."""
+    """Start `python -m processors.worker` for some settings; at the end every worker is stopped
+    and the test's topics are deleted."""
     started: list[WorkerProcess] = []
+    used: dict[str, Settings] = {}
 
     def start(settings: Settings) -> WorkerProcess:
         worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
+        used[settings.topic_prefix] = settings
         return worker
 
     yield start
     for worker in started:
         worker.stop()
+    for settings in used.values():
+        delete_test_topics(settings)
 
 
 def produce(settings: Settings, suffix: str, records: list[tuple[str | None, bytes | dict[str, Any]]]) -> None:
