@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,7 @@ BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.01
 DEDUPE_CLEANUP_INTERVAL_S = 300.0
 BROKER_SESSION_TIMEOUT_S = 10.0
+EXIT_STATE_UNSAFE = 70
 
 STATE_FOR_ACTION = {
     Action.WARN: SessionState.WARNED,
@@ -346,7 +348,18 @@ class LedgerApp:
 
     async def _agent(self, stream: faust.StreamT) -> None:
         async for events in cast(Any, stream).take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await self.handle_batch(events)
+            try:
+                await self.handle_batch(events)
+            except Exception:
+                if self.app.should_stop:
+                    raise  # shutting down: nothing more will be processed by this process
+                # The memory stores already hold this batch's dedupe ids and budgets, but its
+                # transaction will never commit. faust would restart the agent on that state and
+                # drop the batch's events as repeats; exiting makes the restart rebuild the state
+                # from the committed changelog instead (the supervisor restarts the process).
+                log.critical("batch failed; exiting so state is rebuilt from the changelog", exc_info=True)
+                self.signals.flush(2.0)
+                os._exit(EXIT_STATE_UNSAFE)
 
     async def handle_batch(self, events: Sequence[faust.EventT]) -> None:
         now = self.now()
