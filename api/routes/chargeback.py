@@ -135,8 +135,16 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+"""Bounds a period may take: inside what every warehouse column type holds (Date ends in 2149)."""
+
+
 def period(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
     start, end = utc(start), utc(end)
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and not EARLIEST <= value <= LATEST:
+            raise InvalidParameter(f"'{name}' must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}", field=name)
     if start is not None and end is not None and end <= start:
         raise InvalidParameter("'to' must be after 'from'", field="to")
     return start, end

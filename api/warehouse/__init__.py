@@ -114,7 +114,11 @@ def bind_value(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, Decimal):
         return format(value, "f")  # str() may give '1E-12', which ClickHouse misreads
-    if isinstance(value, (int, str)):
+    if isinstance(value, str):
+        # Parameter values are read in ClickHouse's escaped format: a lone backslash would
+        # start an escape sequence (an error, or silently another value).
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    if isinstance(value, int):
         return str(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_quote(v) if isinstance(v, str) else bind_value(v) for v in value) + "]"
