@@ -14,11 +14,12 @@ from pydantic import BaseModel
 from api.auth import require
 from api.errors import NotFound
 from api.keys import ApiKey
-from api.queries import session_events_query
+from api.queries import report_query, session_events_query
 from api.routes.chargeback import (
     FILTER_NAMES,
     NAME_PATTERN,
     ChargebackReport,
+    ChargebackRow,
     ChargebackTotals,
     Filters,
     MoneyText,
@@ -68,16 +69,12 @@ def top_sessions(
     end: To = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> ChargebackReport:
-    from api.queries import report_query
-
     start, end = period(start, end)
     state = request.app.state
     where = restricted(key, filters.as_dict())
     sql, params, source = report_query(
         state.settings.database, ("session_id",), start, end, where, order_by_cost=True, limit=limit
     )
-    from api.routes.chargeback import ChargebackRow
-
     rows = [
         ChargebackRow(group={"session_id": r["session_id"]}, **totals(r)) for r in state.warehouse.query(sql, params)
     ]
