@@ -11,6 +11,7 @@ from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
 from api.migrations import migrate
+from tests.api.test_reports_pipeline import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -41,3 +42,4 @@ def test_report_endpoints_never_answer_5xx(settings_factory, warehouse_factory, 
         run()
         assert len(seen) >= 40
         assert all(code < 500 for code in seen)
+    delete_topics(settings)
