@@ -3,6 +3,7 @@ settings with their own topic prefix and ClickHouse data folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from agentledger.kafka_admin import ensure_topics
 from agentledger.settings import Settings
@@ -52,11 +54,30 @@ def kafka_script() -> Callable[[str], None]:
     return run
 
 
+def delete_test_topics(settings: Settings) -> None:
+    """Best effort: drop a test's topics and its worker's faust topics, so that the broker's
+    small heap does not fill up with thousands of partitions over a long test session."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    try:
+        names = [
+            t
+            for t in admin.list_topics(timeout=10).topics
+            if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
+        ]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=10).values():
+                with contextlib.suppress(Exception):
+                    future.result(timeout=15)
+    except Exception:  # cleanup must never fail a test
+        pass
+
+
 @pytest.fixture
-def settings_factory(kafka_broker: str, tmp_path: Path) -> Callable[..., Settings]:
+def settings_factory(kafka_broker: str, tmp_path: Path) -> Iterator[Callable[..., Settings]]:
     """Settings isolated for one test: a fresh topic prefix, database and chDB folder.
 
-    The pipeline's topics are created before the settings are returned.
+    The pipeline's topics are created before the settings are returned, and deleted (with
+    the worker's faust topics) after the test.
     """
     made: dict[str, Settings] = {}
 
@@ -77,4 +98,6 @@ def settings_factory(kafka_broker: str, tmp_path: Path) -> Callable[..., Setting
         made[tag] = settings
         return settings
 
-    return make
+    yield make
+    for settings in made.values():
+        delete_test_topics(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -17,10 +16,10 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient
 
 from agentledger.settings import Settings
 from schemas.events import derive_event_id
+from tests.conftest import delete_test_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,24 +102,6 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def delete_test_topics(settings: Settings) -> None:
-    """Best effort: drop a test's topics and the worker's faust topics, so the shared broker's
-    small heap does not fill up with thousands of partitions over many test runs."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    try:
-        names = [
-            t
-            for t in admin.list_topics(timeout=10).topics
-            if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
-        ]
-        if names:
-            for future in admin.delete_topics(names, operation_timeout=10).values():
-                with contextlib.suppress(Exception):
-                    future.result(timeout=15)
-    except Exception:  # cleanup must never fail a test
-        pass
 
 
 @pytest.fixture
