@@ -82,7 +82,9 @@ def _stop(children: dict[str, subprocess.Popen[bytes]], console: Console) -> Non
             console.print(f"[yellow]{name} did not stop in time; killing it[/]")
             child.kill()
             child.wait()
-        console.print(f"stopped {name} (exit {child.returncode})")
+        # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean stop too.
+        clean = child.returncode in (0, -signal.SIGTERM)
+        console.print(f"stopped {name}" + ("" if clean else f" [red](exit {child.returncode})[/]"))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
