@@ -209,7 +209,7 @@ class BudgetBook:
                 state.cost += cost
                 spent_tokens, spent_cost = state.tokens, state.cost
             self.dirty[key] = tag
-            tag = _window_tag(start)
+            fired_in = _window_tag(start)
             for threshold in sorted(policy.thresholds):
                 t_key = str(threshold)
                 reached = _reached(policy, threshold, spent_tokens, spent_cost)
@@ -219,7 +219,7 @@ class BudgetBook:
                     continue
                 if t_key in state.fired:
                     continue
-                state.fired[t_key] = tag
+                state.fired[t_key] = fired_in
                 crossings.append(Crossing(policy, sval, start, threshold, spent_tokens, spent_cost))
         return crossings
 

@@ -148,3 +148,15 @@ def test_unpriced_kill_signal_is_idempotent_per_session():
     a, b = unpriced_kill_signal(ev("a" * 32), T0), unpriced_kill_signal(ev("b" * 32), T0)
     assert a.signal_id == b.signal_id
     assert (a.action, a.session_id, a.reason) == (Action.KILL, "s9", "unpriced model: ?/acme-9000")
+
+
+def test_every_changed_key_keeps_the_callers_tag():
+    """Regression: the loop once reused `tag` for the window tag, so the second policy covering an
+    event was written to the changelog partition 'lifetime' and the worker exited."""
+    book = BudgetBook()
+    policies = [
+        default_session_policy(10_000),
+        BudgetPolicy(policy_id="live", scope=(Scope.SESSION,), limit_tokens=2000),
+    ]
+    book.apply(policies, attr(), T0, 2500, Decimal(0), tag=1)
+    assert sorted(tag for _, tag in book.take_dirty().values()) == [1, 1]
