@@ -50,6 +50,15 @@ def sink() -> None:
 
 
 @app.command()
+def dispatcher() -> None:
+    """Run the alert dispatcher: deliver `alerts` to AGENTLEDGER_ALERT_WEBHOOKS (JSON or Slack)."""
+    _logging()
+    from processors.alerts.dispatcher import run_dispatcher
+
+    run_dispatcher(get_settings())
+
+
+@app.command()
 def api() -> None:
     """Serve the HTTP API (and, with the embedded engine, the sink in the same process)."""
     _logging()

@@ -12,8 +12,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AlertWebhook(BaseModel):
+    """One alert destination: `{"url": "https://...", "format": "json" | "slack", "name": "..."}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1, max_length=2048)
+    format: Literal["json", "slack"] = "json"
+    name: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
+    """A label for delivery records and logs; the URL itself (often a secret) is never recorded."""
 
 
 class Settings(BaseSettings):
@@ -65,8 +76,37 @@ class Settings(BaseSettings):
     ingest_delivery_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """POST /v1/events waits this long for Kafka's acks before answering 503."""
 
+    # alert dispatcher (processors/alerts)
+    alert_webhooks: tuple[AlertWebhook, ...] = ()
+    """JSON list, e.g. `[{"url": "https://hooks.slack.com/services/...", "format": "slack"}]`."""
+    alert_allow_private_destinations: bool = False
+    """Allow webhooks on loopback, link-local, private and other non-public addresses. Cloud
+    metadata, multicast and unspecified addresses stay refused whatever this says."""
+    alert_max_attempts: int = Field(default=5, ge=1, le=20)
+    """Attempts per alert and destination, the first included."""
+    alert_backoff_initial_s: float = Field(default=0.5, gt=0, le=60)
+    alert_backoff_max_s: float = Field(default=30.0, gt=0, le=600)
+    alert_retry_after_max_s: float = Field(default=60.0, ge=0, le=600)
+    """A 429's Retry-After is honoured up to this; longer waits are cut to it."""
+    alert_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Per attempt: connect, write and read each."""
+
     # local broker (scripts/kafka.sh)
     kafka_home: Path = Path("var/kafka")
+
+    @model_validator(mode="after")
+    def _webhooks_allowed(self) -> Settings:
+        # Literal addresses and names are checked here; names are resolved (and checked again,
+        # then pinned) at every delivery attempt.
+        from processors.alerts.destinations import DestinationRefused, check_url
+
+        for index, webhook in enumerate(self.alert_webhooks):
+            try:
+                check_url(webhook.url, allow_private=self.alert_allow_private_destinations)
+            except DestinationRefused as exc:
+                hint = " (alert_allow_private_destinations allows it)" if exc.overridable else ""
+                raise ValueError(f"alert_webhooks[{index}].url: {exc}{hint}") from None
+        return self
 
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}{suffix}"

@@ -39,6 +39,9 @@ BUDGET_POLICIES = TopicSpec("budget-policies", compacted=True, partitions=1)
 """Budget policies; key: policy id; a tombstone deletes."""
 ALERTS = TopicSpec("alerts", retention_ms=90 * DAY_MS)
 """Threshold crossings for owners; key: policy id."""
+ALERT_DELIVERIES = TopicSpec("alert-deliveries", retention_ms=180 * DAY_MS)
+"""Every webhook delivery attempt of the alert dispatcher; key: alert id. The dispatcher reads it
+back at start-up to never deliver an alert twice to one destination, so it outlives `alerts`."""
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     COST_EVENTS,
@@ -48,6 +51,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     SESSION_STATUS,
     BUDGET_POLICIES,
     ALERTS,
+    ALERT_DELIVERIES,
 )
 
 
