@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     """Default per-session lifetime token cap applied to every session (kill), if set."""
     max_future_skew_s: int = Field(default=300, ge=0)
     late_grace_s: int = Field(default=3600, ge=0)
+    reservation_timeout_s: int = Field(default=600, ge=1)
+    """A call_started's reservation with no settling event is released after this (processing time)."""
 
     # warehouse
     clickhouse_url: str | None = Field(

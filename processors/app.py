@@ -35,9 +35,14 @@ from agentledger.settings import Settings
 from processors import metrics
 from processors.budget import (
     BudgetBook,
+    Crossing,
+    Usage,
     attribution_of,
     default_session_policy,
+    event_time,
+    make_alert,
     make_signal,
+    scope_value,
     unpriced_kill_signal,
     usage_of,
 )
@@ -46,10 +51,12 @@ from schemas.budgets import Action, BudgetPolicy, Scope, SessionState, SessionSt
 from schemas.codec import encode
 from schemas.events import MAX_EVENT_BYTES, CostEvent, DeadLetter, PricedEvent
 from schemas.topics import (
+    ALERTS,
     BUDGET_POLICIES,
     COST_EVENTS,
     COST_EVENTS_DLQ,
     PRICED_EVENTS,
+    SCOPE_USAGE,
     SESSION_STATUS,
     SIGNALS,
 )
@@ -119,6 +126,7 @@ class PolicyWatcher:
         if settings.session_token_cap is not None:
             self._defaults = (default_session_policy(settings.session_token_cap),)
         self.current: tuple[BudgetPolicy, ...] = self._defaults
+        self.by_id: dict[str, BudgetPolicy] = {p.policy_id: p for p in self._defaults}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer = Consumer(
@@ -142,7 +150,10 @@ class PolicyWatcher:
             except ValidationError as exc:
                 log.error("policy %s invalid, ignored: %s", policy_id, exc)
                 return
-        self.current = self._defaults + tuple(self._policies.values())
+        current = self._defaults + tuple(self._policies.values())
+        # one assignment each: the worker's thread reads them without a lock
+        self.by_id = {p.policy_id: p for p in current}
+        self.current = current
 
     def _poll(self, timeout: float) -> bool:
         msg = self._consumer.poll(timeout)
@@ -281,17 +292,24 @@ class LedgerApp:
         self.source = self.app.topic(settings.topic(COST_EVENTS.suffix), **raw)
         self.priced_topic = self.app.topic(settings.topic(PRICED_EVENTS.suffix), **raw)
         self.dlq_topic = self.app.topic(settings.topic(COST_EVENTS_DLQ.suffix), **raw)
+        self.scope_topic = self.app.topic(settings.topic(SCOPE_USAGE.suffix), **raw)
+        self.alerts_name = settings.topic(ALERTS.suffix)
         # bytes in and out: faust picks the changelog's (and recovery's) codec from these types
         raw_table: dict[str, Any] = {"partitions": settings.partitions, "key_type": bytes, "value_type": bytes}
         self.dedupe = self.app.Table("dedupe", **raw_table)
         self.budgets = self.app.Table("budgets", **raw_table)
+        self.scope_budgets = self.app.Table("scope-budgets", **raw_table)
         self.book = BudgetBook(loader=self._load_budget)
+        self.scope_book = BudgetBook(loader=self._load_scope_budget)
+        self.scope_name = self.scope_topic.get_topic_name()
         self.source_name = self.source.get_topic_name()
         self.priced_name = self.priced_topic.get_topic_name()
         self.dlq_name = self.dlq_topic.get_topic_name()
         self.dedupe_changelog = self.dedupe.changelog_topic.get_topic_name()
         self.budgets_changelog = self.budgets.changelog_topic.get_topic_name()
+        self.scope_changelog = self.scope_budgets.changelog_topic.get_topic_name()
         self.app.agent(self.source, name="ledger")(self._agent)
+        self.app.agent(self.scope_topic, name="scopes")(self._scope_agent)
         self.app.on_partitions_assigned.connect(cast(Any, self._drop_stale_transactions))
         self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
 
@@ -310,10 +328,25 @@ class LedgerApp:
         raw = self.budgets.data.get(key.encode())
         return None if raw is None else orjson.loads(raw)
 
+    def _load_scope_budget(self, key: str) -> dict[str, Any] | None:
+        raw = self.scope_budgets.data.get(key.encode())
+        return None if raw is None else orjson.loads(raw)
+
     async def _send(
-        self, pending: list[Any], topic: str, key: bytes | None, value: bytes | None, partition: int
+        self,
+        pending: list[Any],
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        *,
+        source: str | None = None,
+        to_partition: int | None = -1,
     ) -> None:
-        """Send in the transaction of the source partition `partition` (exactly-once), else plainly.
+        """Send in the transaction of partition `partition` of `source` (exactly-once), else plainly.
+
+        The record goes to the same partition number of `topic`, unless `to_partition` says
+        otherwise (None: by key, the producer's partitioner).
 
         faust's own Topic.send derives the transactional id from the *consumer's* metadata for the
         output topic; for a topic the worker does not consume (priced-events, the DLQ) that is
@@ -325,9 +358,11 @@ class LedgerApp:
         app = self.app
         tid = None
         if app.in_transaction:
-            tid = f"{app.conf.id}-{app.assignor.group_for_topic(self.source_name)}-{partition}"
+            group = app.assignor.group_for_topic(source or self.source_name)
+            tid = f"{app.conf.id}-{group}-{partition}"
         producer = app.consumer.transactions.producer if tid else await app.maybe_start_producer()
-        pending.append(await producer.send(topic, key, value, partition, None, None, transactional_id=tid))
+        out = partition if to_partition == -1 else to_partition
+        pending.append(await producer.send(topic, key, value, out, None, None, transactional_id=tid))
 
     async def _drop_stale_transactions(self, app: Any, assigned: set[Any], **_: Any) -> None:
         """Stop transactional producers of partitions this worker no longer owns.
@@ -347,9 +382,15 @@ class LedgerApp:
             await producer.stop_transaction(tid)
 
     async def _agent(self, stream: faust.StreamT) -> None:
+        await self._run_batches(stream, self.handle_batch)
+
+    async def _scope_agent(self, stream: faust.StreamT) -> None:
+        await self._run_batches(stream, self.handle_scope_batch)
+
+    async def _run_batches(self, stream: faust.StreamT, handle: Callable[[Sequence[faust.EventT]], Any]) -> None:
         async for events in cast(Any, stream).take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             try:
-                await self.handle_batch(events)
+                await handle(events)
             except Exception:
                 if self.app.should_stop:
                     raise  # shutting down: nothing more will be processed by this process
@@ -381,31 +422,48 @@ class LedgerApp:
                 continue
             self._remember(event_id, msg.partition, now_s)
             dedupe_writes.append((event_id, msg.partition, str(int(now_s)).encode()))
-            event = parsed.model_copy(update={"received_at": now})
+            at, clamped, late = event_time(
+                parsed.occurred_at, now, self.settings.max_future_skew_s, self.settings.late_grace_s
+            )
+            update: dict[str, Any] = {"received_at": now}
+            if clamped:
+                update["occurred_at"] = at
+            event = parsed.model_copy(update=update)
             try:
                 priced = self.pricer.price(event, now)
             except Exception as exc:  # a pricing bug must not stop the stream
                 log.exception("pricing failed for %s", parsed.event_id)
                 await self._dead_letter(pending, msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
                 continue
+            if clamped or late:
+                priced = priced.model_copy(update={"clamped": priced.clamped or clamped, "late": late})
+                (metrics.EVENTS_CLAMPED if clamped else metrics.EVENTS_LATE).inc()
             await self._send(pending, self.priced_name, event.session_id.encode(), encode(priced), msg.partition)
             metrics.EVENTS_PRICED.inc()
-            for signal in self._budget(priced, policies, now, msg.partition):
+            signals, alerts, forwards = self._budget(priced, policies, now, msg.partition, late)
+            for signal in signals:
                 self.signals.publish(signal)
                 signals_sent += 1
+            for alert_key, alert in alerts:
+                await self._send(pending, self.alerts_name, alert_key, alert, msg.partition, to_partition=None)
+            for scope_key, record in forwards:
+                await self._send(pending, self.scope_name, scope_key, record, msg.partition, to_partition=None)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
         for key, partition, value in dedupe_writes:
             await self._send(pending, self.dedupe_changelog, key, value, partition)
-        for skey, (state, partition) in self.book.take_dirty().items():
-            bkey = skey.encode()
-            value = orjson.dumps(state.to_json())
-            _store_put(self.budgets, bkey, value, partition)
-            await self._send(pending, self.budgets_changelog, bkey, value, partition)
-        # the store is the state; the book's copies are per batch, so a rebalance never leaves them stale
-        self.book.states.clear()
+        await self._write_dirty(pending, self.book, self.budgets, self.budgets_changelog, self.source_name)
         if pending:
             await asyncio.gather(*pending)
+
+    async def _write_dirty(self, pending: list[Any], book: BudgetBook, table: Any, changelog: str, source: str) -> None:
+        for skey, (state, partition) in book.take_dirty().items():
+            bkey = skey.encode()
+            value = orjson.dumps(state.to_json())
+            _store_put(table, bkey, value, partition)
+            await self._send(pending, changelog, bkey, value, partition, source=source)
+        # the store is the state; the book's copies are per batch, so a rebalance never leaves them stale
+        book.states.clear()
 
     def _budget(
         self,
@@ -413,34 +471,133 @@ class LedgerApp:
         policies: Sequence[BudgetPolicy],
         now: datetime,
         partition: int,
-    ) -> list[Signal]:
+        late: bool = False,
+    ) -> tuple[list[Signal], list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+        """(signals, alerts, scope-usage records) for one priced event.
+
+        Budgets whose scope includes the session are kept here: all of a session's events are on
+        this partition. Wider ones (team, agent type, ...) are spread over every partition, so
+        their usage is forwarded to `scope-usage`, keyed by scope value, to the one owner of
+        that key (`handle_scope_batch`).
+        """
         event = priced.event
-        out: list[Signal] = []
+        signals: list[Signal] = []
         if priced.unpriced:
             metrics.EVENTS_UNPRICED.labels(self.pricer.unpriced_policy).inc()
             if self.pricer.unpriced_policy == "block":
-                out.append(unpriced_kill_signal(event, now))
-        usage = usage_of(priced)
+                signals.append(unpriced_kill_signal(event, now))
+        usage = usage_of(priced, now.timestamp(), self.settings.reservation_timeout_s)
         if usage is None or not policies:
-            return out
+            return signals, [], []
         attribution = attribution_of(event)
-        # only session-scoped budgets are exact per partition; others need a repartition (issue 4)
         session_policies = [p for p in policies if Scope.SESSION in p.scope]
-        crossings = self.book.apply(session_policies, attribution, event.occurred_at, *usage, tag=partition)
-        for crossing in crossings:
-            if crossing.at_limit:
-                out.append(
-                    make_signal(
-                        crossing,
-                        session_id=event.session_id,
-                        now=now,
-                        trigger_event_id=event.event_id,
-                        model=event.model,
-                    )
-                )
-            else:
+        crossings = self.book.record(
+            session_policies, attribution, event.occurred_at, usage, tag=partition, now=now, late=late
+        )
+        signals += self._signals_for(crossings, event.event_id, event.model, now)
+        alerts = self._alerts_for(crossings, now)
+        wide: dict[str, list[str]] = {}
+        for policy in policies:
+            if Scope.SESSION in policy.scope or not policy.enabled:
+                continue
+            sval = scope_value(policy, attribution)
+            if sval is not None:
+                wide.setdefault(sval, []).append(policy.policy_id)
+        forwards = [
+            (
+                sval.encode(),
+                orjson.dumps(
+                    {
+                        "sv": sval,
+                        "p": ids,
+                        "s": event.session_id,
+                        "e": event.event_id,
+                        "m": event.model,
+                        "at": event.occurred_at.isoformat(),
+                        "now": now.isoformat(),
+                        "late": late,
+                        "u": usage.to_json(),
+                    }
+                ),
+            )
+            for sval, ids in wide.items()
+        ]
+        return signals, alerts, forwards
+
+    @staticmethod
+    def _signals_for(crossings: list[Crossing], trigger: str, model: str | None, now: datetime) -> list[Signal]:
+        return [
+            make_signal(c, session_id=session, now=now, trigger_event_id=trigger, model=model)
+            for c in crossings
+            if c.at_limit
+            for session in c.sessions
+        ]
+
+    @staticmethod
+    def _alerts_for(crossings: list[Crossing], now: datetime) -> list[tuple[bytes, bytes]]:
+        out = []
+        for c in crossings:
+            if not c.at_limit:
                 metrics.THRESHOLDS_CROSSED.inc()
+                out.append((c.policy.policy_id.encode(), encode(make_alert(c, now=now))))
         return out
+
+    async def handle_scope_batch(self, events: Sequence[faust.EventT]) -> None:
+        """Budgets wider than a session, from the usage records of every session's worker.
+
+        Each scope value is one key of `scope-usage`, so one partition and one owner: its spend
+        is exact however the sessions are spread. Records are read committed and written in the
+        same transactions as the source offsets, so each counts once. A breach signals every
+        session seen in the scope's window; a session first seen after it is signalled on its
+        first record (the hook refuses its next call).
+        """
+        now = self.now()
+        pending: list[Any] = []
+        signals_sent = 0
+        policies = self.policies.by_id
+        for ev in events:
+            msg = ev.message
+            try:
+                rec = orjson.loads(msg.value or b"")
+                usage = Usage.from_json(rec["u"])
+                at = datetime.fromisoformat(rec["at"])
+                seen_at = datetime.fromisoformat(rec["now"])
+            except (ValueError, KeyError, TypeError):
+                log.error("bad scope-usage record at %s/%s, skipped", msg.partition, msg.offset)
+                continue
+            crossings: list[Crossing] = []
+            for policy_id in rec["p"]:
+                policy = policies.get(policy_id)
+                if policy is None or not policy.enabled:
+                    continue  # deleted or disabled since the session's worker saw it
+                crossings += self.scope_book.record_scope(
+                    policy,
+                    rec["sv"],
+                    at,
+                    usage,
+                    tag=msg.partition,
+                    now=seen_at,
+                    late=bool(rec.get("late")),
+                    session_id=rec["s"],
+                )
+            for signal in self._signals_for(crossings, rec["e"], rec.get("m"), now):
+                self.signals.publish(signal)
+                signals_sent += 1
+            for alert_key, alert in self._alerts_for(crossings, now):
+                await self._send(
+                    pending,
+                    self.alerts_name,
+                    alert_key,
+                    alert,
+                    msg.partition,
+                    source=self.scope_name,
+                    to_partition=None,
+                )
+        if signals_sent:
+            await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
+        await self._write_dirty(pending, self.scope_book, self.scope_budgets, self.scope_changelog, self.scope_name)
+        if pending:
+            await asyncio.gather(*pending)
 
     async def _dead_letter(self, pending: list[Any], msg: Any, rejection: Rejection, now: datetime) -> None:
         raw: bytes = msg.value or b""

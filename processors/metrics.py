@@ -11,3 +11,5 @@ EVENTS_DEDUPLICATED = Counter("agentledger_events_deduplicated", "Events dropped
 EVENTS_DEAD_LETTERED = Counter("agentledger_events_dead_lettered", "Events sent to cost-events.dlq", ["error_code"])
 SIGNALS_SENT = Counter("agentledger_signals_sent", "Signals published to signals", ["action"])
 THRESHOLDS_CROSSED = Counter("agentledger_thresholds_crossed", "Budget thresholds crossed below the limit")
+EVENTS_CLAMPED = Counter("agentledger_events_clamped", "Events dated too far in the future, clamped to now")
+EVENTS_LATE = Counter("agentledger_events_late", "Events older than the grace period (charged, flagged late)")

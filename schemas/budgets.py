@@ -119,3 +119,30 @@ class SessionStatus(Strict):
     state: SessionState
     signal: Signal | None = None
     updated_at: UtcDatetime
+
+
+class TopSession(Strict):
+    """One of the sessions that spent most in an alert's scope and window."""
+
+    session_id: Name
+    spent_cost: Decimal
+    spent_tokens: int
+
+
+class Alert(Strict):
+    """A policy's threshold crossed in one window, for owners; exactly one per
+    (policy, scope value, window, threshold), identified by `alert_id`. Key: policy id."""
+
+    alert_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    policy_id: PolicyId
+    scope: tuple[Scope, ...]
+    scope_value: Annotated[str, StringConstraints(max_length=1024)]
+    """`team=t1|agent_type=x`, as in signals."""
+    window_start: UtcDatetime | None = None
+    threshold: Annotated[Decimal, Field(gt=0, le=1)]
+    spent_cost: Decimal
+    spent_tokens: int
+    limit_cost: Money | None = None
+    limit_tokens: Tokens | None = None
+    top_sessions: Annotated[tuple[TopSession, ...], Field(max_length=20)] = ()
+    issued_at: UtcDatetime

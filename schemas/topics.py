@@ -39,6 +39,9 @@ BUDGET_POLICIES = TopicSpec("budget-policies", compacted=True, partitions=1)
 """Budget policies; key: policy id; a tombstone deletes."""
 ALERTS = TopicSpec("alerts", retention_ms=90 * DAY_MS)
 """Threshold crossings for owners; key: policy id."""
+SCOPE_USAGE = TopicSpec("scope-usage", retention_ms=7 * DAY_MS)
+"""Internal repartition: usage of budgets wider than a session, written by the worker that owns
+the session and read by the one that owns the scope; key: scope value (`team=t1|agent_type=x`)."""
 ALERT_DELIVERIES = TopicSpec("alert-deliveries", retention_ms=180 * DAY_MS)
 """Every webhook delivery attempt of the alert dispatcher; key: alert id. The dispatcher reads it
 back at start-up to never deliver an alert twice to one destination, so it outlives `alerts`."""
@@ -51,6 +54,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     SESSION_STATUS,
     BUDGET_POLICIES,
     ALERTS,
+    SCOPE_USAGE,
     ALERT_DELIVERIES,
 )
 

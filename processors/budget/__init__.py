@@ -6,16 +6,20 @@ from processors.budget.ledger import (
     BudgetBook,
     BudgetState,
     Crossing,
+    Usage,
+    alert_id,
     attribution_of,
     default_session_policy,
+    make_alert,
     make_signal,
     scope_value,
     signal_id,
     state_key,
     unpriced_kill_signal,
     usage_of,
+    window_open,
 )
-from processors.budget.windows import calendar_start, window_start
+from processors.budget.windows import calendar_start, event_time, window_start
 
 __all__ = [
     "DEFAULT_SESSION_POLICY_ID",
@@ -23,14 +27,19 @@ __all__ = [
     "BudgetBook",
     "BudgetState",
     "Crossing",
+    "Usage",
+    "alert_id",
     "attribution_of",
     "calendar_start",
     "default_session_policy",
+    "event_time",
+    "make_alert",
     "make_signal",
     "scope_value",
     "signal_id",
     "state_key",
     "unpriced_kill_signal",
     "usage_of",
+    "window_open",
     "window_start",
 ]

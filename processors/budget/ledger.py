@@ -23,7 +23,7 @@ from processors.budget.windows import (
     is_rolling,
     window_start,
 )
-from schemas.budgets import Action, BudgetPolicy, Scope, Signal, Window
+from schemas.budgets import Action, Alert, BudgetPolicy, Scope, Signal, TopSession, Window
 from schemas.events import CostEvent, EventKind, PricedEvent
 
 ZERO = Decimal(0)
@@ -87,14 +87,65 @@ def default_session_policy(token_cap: int) -> BudgetPolicy:
     )
 
 
-def usage_of(priced: PricedEvent) -> tuple[int, Decimal] | None:
-    """(tokens, cost) an event adds to spend; None for reservations, which do not spend."""
-    kind = priced.event.kind
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one event does to the budgets covering it.
+
+    `tokens`/`cost` are spend. A `call_started` reserves its estimate under `reserve` (its
+    event id) until `expires_at_s`; the event that settles or aborts it names it in `release`.
+    """
+
+    tokens: int = 0
+    cost: Decimal = ZERO
+    reserve: str | None = None
+    reserve_tokens: int = 0
+    reserve_cost: Decimal = ZERO
+    expires_at_s: float = 0.0
+    release: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"t": self.tokens, "c": str(self.cost)}
+        if self.reserve is not None:
+            out |= {"r": self.reserve, "rt": self.reserve_tokens, "rc": str(self.reserve_cost), "x": self.expires_at_s}
+        if self.release is not None:
+            out["rel"] = self.release
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Usage:
+        return cls(
+            tokens=int(data.get("t", 0)),
+            cost=Decimal(data.get("c", "0")),
+            reserve=data.get("r"),
+            reserve_tokens=int(data.get("rt", 0)),
+            reserve_cost=Decimal(data.get("rc", "0")),
+            expires_at_s=float(data.get("x", 0.0)),
+            release=data.get("rel"),
+        )
+
+
+def estimated_tokens(event: CostEvent) -> int:
+    """A call_started's token estimate: its input plus the most output it may produce."""
+    output = max(event.output_tokens, event.max_output_tokens or 0)
+    return event.input_tokens + event.cache_read_tokens + event.cache_write_tokens + output
+
+
+def usage_of(priced: PricedEvent, now_s: float = 0.0, reservation_timeout_s: float = 600.0) -> Usage | None:
+    """What an event adds to the budgets: spend, a reservation, or the settlement of one."""
+    event = priced.event
+    kind = event.kind
     if kind is EventKind.CALL_STARTED:
-        return None
+        return Usage(
+            reserve=event.event_id,
+            reserve_tokens=estimated_tokens(event),
+            reserve_cost=max(priced.cost, ZERO),
+            expires_at_s=now_s + reservation_timeout_s,
+        )
     if kind is EventKind.ADJUSTMENT:
-        return 0, priced.cost
-    return priced.event.total_tokens, priced.cost
+        return Usage(cost=priced.cost)
+    # llm_call / tool_call naming a call_started settle it; call_aborted releases it (and charges
+    # whatever it consumed)
+    return Usage(tokens=event.total_tokens, cost=priced.cost, release=event.settles)
 
 
 @dataclass
@@ -104,15 +155,39 @@ class BudgetState:
     buckets: dict[int, list[Any]] = field(default_factory=dict)
     """Rolling windows only: bucket index -> [tokens, cost]."""
     fired: dict[str, str] = field(default_factory=dict)
-    """Threshold (as text) -> the window tag it fired in."""
+    """Alert threshold (as text), or `action` for the limit, -> the window tag it fired in."""
+    reserved: dict[str, list[Any]] = field(default_factory=dict)
+    """Open reservations: call_started event id -> [tokens, cost, expires_at_s]."""
+    sessions: dict[str, list[Any]] = field(default_factory=dict)
+    """Scopes wider than a session: session id -> [tokens, cost] spent in this state."""
+
+    @property
+    def reserved_tokens(self) -> int:
+        return sum(int(r[0]) for r in self.reserved.values())
+
+    @property
+    def reserved_cost(self) -> Decimal:
+        return sum((r[1] for r in self.reserved.values()), ZERO)
+
+    def expire(self, now_s: float) -> bool:
+        """Drop reservations past their expiry; True if any was dropped."""
+        old = [rid for rid, r in self.reserved.items() if r[2] <= now_s]
+        for rid in old:
+            del self.reserved[rid]
+        return bool(old)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "tokens": self.tokens,
             "cost": str(self.cost),
             "buckets": {str(b): [t, str(c)] for b, (t, c) in self.buckets.items()},
             "fired": dict(self.fired),
         }
+        if self.reserved:
+            out["reserved"] = {k: [t, str(c), x] for k, (t, c, x) in self.reserved.items()}
+        if self.sessions:
+            out["sessions"] = {k: [t, str(c)] for k, (t, c) in self.sessions.items()}
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BudgetState:
@@ -121,12 +196,23 @@ class BudgetState:
             cost=Decimal(data.get("cost", "0")),
             buckets={int(b): [int(t), Decimal(c)] for b, (t, c) in data.get("buckets", {}).items()},
             fired=dict(data.get("fired", {})),
+            reserved={k: [int(t), Decimal(c), float(x)] for k, (t, c, x) in data.get("reserved", {}).items()},
+            sessions={k: [int(t), Decimal(c)] for k, (t, c) in data.get("sessions", {}).items()},
         )
+
+
+MAX_SESSIONS_PER_STATE = 1000
+"""A scope budget remembers at most this many sessions (the biggest spenders stay)."""
+ACTION_KEY = "action"
 
 
 @dataclass(frozen=True, slots=True)
 class Crossing:
-    """A budget reached `threshold` of its limit; at 1 the policy's action applies."""
+    """A budget reached `threshold` of its limit.
+
+    `limit` crossings are the policy's action (spend plus open reservations reached the limit)
+    and go to `sessions`; the others are alerts (spend alone reached the threshold).
+    """
 
     policy: BudgetPolicy
     scope_value: str
@@ -134,20 +220,45 @@ class Crossing:
     threshold: Decimal
     spent_tokens: int
     spent_cost: Decimal
+    limit: bool = False
+    reserved_tokens: int = 0
+    reserved_cost: Decimal = ZERO
+    sessions: tuple[str, ...] = ()
+    top_sessions: tuple[tuple[str, int, Decimal], ...] = ()
+    """Alerts: (session id, tokens, cost) of the biggest spenders, largest first."""
 
     @property
     def at_limit(self) -> bool:
-        return self.threshold >= ONE
+        return self.limit
 
     @property
     def signal_id(self) -> str:
         return signal_id(self.policy.policy_id, self.scope_value, self.window_start, self.policy.action)
+
+    @property
+    def alert_id(self) -> str:
+        return alert_id(self.policy.policy_id, self.scope_value, self.window_start, self.threshold)
+
+
+def alert_id(policy_id: str, scope_val: str, start: datetime | None, threshold: Decimal) -> str:
+    """Deterministic: one alert per (policy, scope value, window, threshold), whoever computes it."""
+    text = f"alert\x1f{policy_id}\x1f{scope_val}\x1f{_window_tag(start)}\x1f{threshold.normalize()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _reached(policy: BudgetPolicy, threshold: Decimal, tokens: int, cost: Decimal) -> bool:
     if policy.limit_tokens is not None and tokens >= threshold * policy.limit_tokens:
         return True
     return policy.limit_cost is not None and cost >= threshold * policy.limit_cost
+
+
+def window_open(window: Window, at: datetime, now: datetime, timezone: str = "UTC") -> bool:
+    """Whether a late event dated `at` still belongs to a window that is open at `now`."""
+    if window is Window.LIFETIME:
+        return True
+    if is_rolling(window):
+        return bucket_of(window, at) >= first_live_bucket(window, now)
+    return window_start(window, at, timezone) == window_start(window, now, timezone)
 
 
 class BudgetBook:
@@ -188,40 +299,117 @@ class BudgetBook:
         cost: Decimal,
         tag: Any = None,
     ) -> list[Crossing]:
-        """Add one event's usage to every budget covering it; return the thresholds it crossed.
+        """Add spend to every budget covering an event (no reservations); see `record`."""
+        return self.record(policies, attribution, at, Usage(tokens=tokens, cost=cost), tag=tag)
+
+    def record(
+        self,
+        policies: Iterable[BudgetPolicy],
+        attribution: Attribution,
+        at: datetime,
+        usage: Usage,
+        *,
+        tag: Any = None,
+        now: datetime | None = None,
+        late: bool = False,
+    ) -> list[Crossing]:
+        """Apply one event's usage to every budget covering it; return the crossings it caused.
 
         `tag` is kept with each changed key until `take_dirty` (the worker passes the partition).
+        `now` expires reservations (and, with `late`, skips windows already closed at `now`).
         """
         crossings: list[Crossing] = []
+        session = attribution.get(Scope.SESSION)
         for policy in policies:
             if not policy.enabled:
                 continue
             sval = scope_value(policy, attribution)
             if sval is None:
                 continue
-            start = window_start(policy.window, at, policy.timezone)
-            key = state_key(policy.policy_id, sval, start, policy.window)
-            state = self._state(key)
-            if is_rolling(policy.window):
-                spent_tokens, spent_cost, start = self._add_rolling(policy.window, state, at, tokens, cost)
-            else:
-                state.tokens += tokens
-                state.cost += cost
-                spent_tokens, spent_cost = state.tokens, state.cost
-            self.dirty[key] = tag
-            fired_in = _window_tag(start)
-            for threshold in sorted(policy.thresholds):
-                t_key = str(threshold)
-                reached = _reached(policy, threshold, spent_tokens, spent_cost)
-                if not reached:
-                    if is_rolling(policy.window):
-                        state.fired.pop(t_key, None)  # spend slid back below: re-arm
-                    continue
-                if t_key in state.fired:
-                    continue
-                state.fired[t_key] = fired_in
-                crossings.append(Crossing(policy, sval, start, threshold, spent_tokens, spent_cost))
+            crossings += self.record_scope(policy, sval, at, usage, tag=tag, now=now, late=late, session_id=session)
         return crossings
+
+    def record_scope(
+        self,
+        policy: BudgetPolicy,
+        sval: str,
+        at: datetime,
+        usage: Usage,
+        *,
+        tag: Any = None,
+        now: datetime | None = None,
+        late: bool = False,
+        session_id: str | None = None,
+    ) -> list[Crossing]:
+        """`record` for one policy and scope value already known to cover the event."""
+        if late and now is not None and not window_open(policy.window, at, now, policy.timezone):
+            return []
+        start = window_start(policy.window, at, policy.timezone)
+        key = state_key(policy.policy_id, sval, start, policy.window)
+        state = self._state(key)
+        self.dirty[key] = tag
+        if now is not None:
+            state.expire(now.timestamp())
+        if usage.release is not None:
+            state.reserved.pop(usage.release, None)
+        if usage.reserve is not None:
+            state.reserved[usage.reserve] = [usage.reserve_tokens, usage.reserve_cost, usage.expires_at_s]
+        if is_rolling(policy.window):
+            spent_tokens, spent_cost, start = self._add_rolling(policy.window, state, at, usage.tokens, usage.cost)
+        else:
+            state.tokens += usage.tokens
+            state.cost += usage.cost
+            spent_tokens, spent_cost = state.tokens, state.cost
+        wide = session_id is not None and Scope.SESSION not in policy.scope
+        joined = False
+        if wide:
+            assert session_id is not None
+            joined = session_id not in state.sessions
+            slot = state.sessions.setdefault(session_id, [0, ZERO])
+            slot[0] += usage.tokens
+            slot[1] += usage.cost
+            if len(state.sessions) > MAX_SESSIONS_PER_STATE:
+                smallest = min((s for s in state.sessions if s != session_id), key=lambda s: state.sessions[s][1])
+                del state.sessions[smallest]
+        fired_in = _window_tag(start)
+        rolling = is_rolling(policy.window)
+        out: list[Crossing] = []
+
+        def crossing(threshold: Decimal, **extra: Any) -> Crossing:
+            return Crossing(policy, sval, start, threshold, spent_tokens, spent_cost, **extra)
+
+        for threshold in sorted(policy.thresholds):
+            t_key = str(threshold)
+            if not _reached(policy, threshold, spent_tokens, spent_cost):
+                if rolling:
+                    state.fired.pop(t_key, None)  # spend slid back below: re-arm
+                continue
+            if t_key in state.fired:
+                continue
+            state.fired[t_key] = fired_in
+            out.append(crossing(threshold, top_sessions=self._top(state, session_id)))
+        res_tokens, res_cost = state.reserved_tokens, state.reserved_cost
+        exposed = _reached(policy, ONE, spent_tokens + res_tokens, spent_cost + res_cost)
+        if not exposed and rolling:
+            state.fired.pop(ACTION_KEY, None)
+        elif exposed:
+            extra = {"limit": True, "reserved_tokens": res_tokens, "reserved_cost": res_cost}
+            if ACTION_KEY not in state.fired:
+                state.fired[ACTION_KEY] = fired_in
+                everyone = tuple(state.sessions) if wide else ((session_id,) if session_id else ())
+                out.append(crossing(ONE, sessions=everyone, **extra))
+            elif wide and joined:
+                # a session that starts in a breached scope is refused at its first event
+                assert session_id is not None
+                out.append(crossing(ONE, sessions=(session_id,), **extra))
+        return out
+
+    @staticmethod
+    def _top(state: BudgetState, session_id: str | None, n: int = 5) -> tuple[tuple[str, int, Decimal], ...]:
+        if not state.sessions:
+            return ((session_id, state.tokens, state.cost),) if session_id else ()
+        ranked = sorted(state.sessions.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))[:n]
+        return tuple((sid, int(t), c) for sid, (t, c) in ranked)
 
     @staticmethod
     def _add_rolling(
@@ -230,7 +418,7 @@ class BudgetBook:
         bucket = bucket_of(window, at)
         newest = max([bucket, *state.buckets.keys()])
         oldest = first_live_bucket(window, bucket_start(window, newest))
-        if bucket >= oldest:
+        if bucket >= oldest and (tokens or cost):
             slot = state.buckets.setdefault(bucket, [0, ZERO])
             slot[0] += tokens
             slot[1] += cost
@@ -250,13 +438,20 @@ def make_signal(
     trigger_event_id: str | None = None,
     model: str | None = None,
 ) -> Signal:
+    """The policy's action for one session; spent figures include open reservations."""
     policy = crossing.policy
+    tokens = crossing.spent_tokens + crossing.reserved_tokens
+    cost = crossing.spent_cost + crossing.reserved_cost
     what = []
     if policy.limit_tokens is not None:
-        what.append(f"{crossing.spent_tokens}/{policy.limit_tokens} tokens")
+        what.append(f"{tokens}/{policy.limit_tokens} tokens")
     if policy.limit_cost is not None:
-        what.append(f"${crossing.spent_cost}/${policy.limit_cost}")
+        what.append(f"${cost}/${policy.limit_cost}")
     reason = f"budget {policy.policy_id} ({crossing.scope_value}, {policy.window.value}) reached: " + ", ".join(what)
+    if crossing.reserved_tokens or crossing.reserved_cost:
+        reason += (
+            f" (of which reserved by calls in flight: {crossing.reserved_tokens} tokens, ${crossing.reserved_cost})"
+        )
     recommended = policy.downgrade_to.get(model) if model and policy.action is Action.DOWNGRADE else None
     return Signal(
         signal_id=crossing.signal_id,
@@ -268,11 +463,32 @@ def make_signal(
         window_start=crossing.window_start,
         limit_tokens=policy.limit_tokens,
         limit_cost=policy.limit_cost,
-        spent_tokens=crossing.spent_tokens,
-        spent_cost=crossing.spent_cost,
+        spent_tokens=tokens,
+        spent_cost=cost,
         reason=reason[:1024],
         recommended_model=recommended,
         trigger_event_id=trigger_event_id,
+        issued_at=now,
+    )
+
+
+def make_alert(crossing: Crossing, *, now: datetime) -> Alert:
+    """The owners' alert for a threshold crossing; `alert_id` is the same on every replay."""
+    policy = crossing.policy
+    return Alert(
+        alert_id=crossing.alert_id,
+        policy_id=policy.policy_id,
+        scope=policy.scope,
+        scope_value=crossing.scope_value,
+        window_start=crossing.window_start,
+        threshold=crossing.threshold,
+        spent_cost=crossing.spent_cost,
+        spent_tokens=crossing.spent_tokens,
+        limit_cost=policy.limit_cost,
+        limit_tokens=policy.limit_tokens,
+        top_sessions=tuple(
+            TopSession(session_id=sid, spent_tokens=t, spent_cost=c) for sid, t, c in crossing.top_sessions
+        ),
         issued_at=now,
     )
 

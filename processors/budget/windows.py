@@ -71,3 +71,16 @@ def window_start(window: Window, at: datetime, timezone: str = "UTC") -> datetim
     if window in CALENDAR:
         return calendar_start(window, at, timezone)
     return bucket_start(window, first_live_bucket(window, at))
+
+
+def event_time(
+    occurred_at: datetime, now: datetime, max_future_skew_s: float, late_grace_s: float
+) -> tuple[datetime, bool, bool]:
+    """(the time budgets use, clamped, late) for an event dated `occurred_at` and seen at `now`.
+
+    A date further in the future than the skew allows is clamped to `now`; an event older than
+    the grace period is late: still charged, and counted only in windows still open at `now`.
+    """
+    if occurred_at > now + timedelta(seconds=max_future_skew_s):
+        return now, True, False
+    return occurred_at, False, occurred_at < now - timedelta(seconds=late_grace_s)

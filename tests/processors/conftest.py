@@ -63,6 +63,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AGENTLEDGER_PARTITIONS": str(settings.partitions),
         "AGENTLEDGER_UNPRICED_POLICY": settings.unpriced_policy,
         "AGENTLEDGER_WORKER_WEB_PORT": str(_free_port()),
+        "AGENTLEDGER_RESERVATION_TIMEOUT_S": str(settings.reservation_timeout_s),
+        "AGENTLEDGER_MAX_FUTURE_SKEW_S": str(settings.max_future_skew_s),
+        "AGENTLEDGER_LATE_GRACE_S": str(settings.late_grace_s),
     }
     if settings.session_token_cap is not None:
         env["AGENTLEDGER_SESSION_TOKEN_CAP"] = str(settings.session_token_cap)

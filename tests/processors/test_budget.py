@@ -48,8 +48,8 @@ def test_session_token_cap_fires_once_at_the_limit():
     book = BudgetBook()
     assert book.apply([policy], attr(), T0, 600, Decimal("0.1")) == []
     crossings = book.apply([policy], attr(), T0, 400, Decimal("0.1"))
-    assert len(crossings) == 1
-    c = crossings[0]
+    assert [(c.at_limit, c.threshold) for c in crossings] == [(False, Decimal(1)), (True, Decimal(1))]
+    c = crossings[1]
     assert (c.at_limit, c.spent_tokens, c.spent_cost, c.scope_value) == (True, 1000, Decimal("0.2"), "session=s1")
     assert book.apply([policy], attr(), T0, 10, Decimal(0)) == []  # once per window
     # another session has its own budget
@@ -63,8 +63,11 @@ def test_thresholds_and_cost_limit():
     assert [c.threshold for c in got] == [Decimal("0.5"), Decimal("0.8")]
     assert not any(c.at_limit for c in got)
     got = book.apply([policy], attr(), T0, 0, Decimal("2"))
-    assert [(c.threshold, c.spent_cost) for c in got] == [(Decimal("1"), Decimal("10"))]
-    signal = make_signal(got[0], session_id="s1", now=T0, trigger_event_id="e" * 32)
+    assert [(c.threshold, c.spent_cost, c.at_limit) for c in got] == [
+        (Decimal("1"), Decimal("10"), False),
+        (Decimal("1"), Decimal("10"), True),
+    ]
+    signal = make_signal(got[1], session_id="s1", now=T0, trigger_event_id="e" * 32)
     assert signal.action is Action.PAUSE
     assert signal.signal_id == signal_id("c", "session=s1", None, Action.PAUSE)
 
@@ -87,7 +90,7 @@ def test_state_round_trips_and_loader_restores():
     assert BudgetState.from_json(saved) == state
     restored = BudgetBook(loader=lambda k: saved if k == key else None)
     crossings = restored.apply([policy], attr(), T0, 40, Decimal(0))
-    assert [c.spent_tokens for c in crossings] == [100]
+    assert [c.spent_tokens for c in crossings if c.at_limit] == [100]
 
 
 def test_calendar_windows_reset():
@@ -119,12 +122,13 @@ def test_rolling_window_slides_and_rearms():
     book = BudgetBook()
     assert book.apply([policy], attr(), T0, 60, Decimal(0)) == []
     first = book.apply([policy], attr(), T0 + timedelta(minutes=30), 40, Decimal(0))
-    assert [c.spent_tokens for c in first] == [100]
+    assert [c.spent_tokens for c in first if c.at_limit] == [100]
     # 61 minutes after T0 the first 60 tokens have left the window: 40 + 10 < 100, re-armed
     assert book.apply([policy], attr(), T0 + timedelta(minutes=61), 10, Decimal(0)) == []
     again = book.apply([policy], attr(), T0 + timedelta(minutes=62), 50, Decimal(0))
-    assert [c.spent_tokens for c in again] == [100]
-    assert again[0].signal_id != first[0].signal_id
+    assert [c.spent_tokens for c in again if c.at_limit] == [100]
+    assert again[-1].signal_id != first[-1].signal_id
+    assert again[0].alert_id != first[0].alert_id
 
 
 def test_unpriced_kill_signal_is_idempotent_per_session():

@@ -10,9 +10,10 @@ import orjson
 import pytest
 from genai_prices import Usage, calc_price
 
+from processors.budget import alert_id
 from processors.policies import delete_policy, publish_policy
 from schemas.budgets import Action, BudgetPolicy, Scope
-from schemas.topics import COST_EVENTS, COST_EVENTS_DLQ, PRICED_EVENTS, SESSION_STATUS, SIGNALS
+from schemas.topics import ALERTS, COST_EVENTS, COST_EVENTS_DLQ, PRICED_EVENTS, SESSION_STATUS, SIGNALS
 from tests.processors.conftest import make_event, produce
 
 pytestmark = pytest.mark.integration
@@ -184,6 +185,12 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
         assert s == by_id[s["signal_id"]] | {"issued_at": s["issued_at"]}
         assert s["spent_tokens"] == 40_000
         assert s["trigger_event_id"] == last[s["session_id"]]
+    # alerts are written in the transactions: a replay after the crash never re-fires one
+    alerts = reader_factory(settings, ALERTS.suffix).wait_for(len(sessions), settle=1.0)
+    assert Counter(a["alert_id"] for a in alerts) == Counter(
+        {alert_id("cap", f"session={s}", None, Decimal(1)): 1 for s in sessions}
+    )
+    assert {(Decimal(a["spent_cost"]), a["spent_tokens"]) for a in alerts} == {(per_session * _gpt4o(60, 40), 40_000)}
     assert second.stop() == 0
 
 
