@@ -215,3 +215,18 @@ def test_late_events_count_only_in_windows_still_open():
         book.record([policy], attr(), at, Usage(tokens=1, cost=Decimal(6)), now=now, late=True)
         states = [s for s, _ in book.take_dirty().values()]
         assert [s.cost for s in states] == ([Decimal(6)] if counted else []), (policy.window, at)
+
+
+def test_downgrade_recommends_the_routed_model_and_graded_states():
+    policy = BudgetPolicy(
+        policy_id="dg",
+        scope=(Scope.SESSION,),
+        limit_cost=Decimal("1"),
+        action=Action.DOWNGRADE,
+        thresholds=(Decimal(1),),
+        downgrade_to={"gpt-4o": "gpt-4o-mini"},
+    )
+    (limit,) = [c for c in BudgetBook().record([policy], attr(), T0, Usage(cost=Decimal(1))) if c.at_limit]
+    assert make_signal(limit, session_id="s1", now=T0, model="gpt-4o").recommended_model == "gpt-4o-mini"
+    assert make_signal(limit, session_id="s1", now=T0, model="o3").recommended_model is None
+    assert [a.rank for a in (Action.WARN, Action.DOWNGRADE, Action.PAUSE, Action.KILL)] == [0, 1, 2, 3]

@@ -154,6 +154,18 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
         settings,
         BudgetPolicy(policy_id="cap", scope=(Scope.SESSION,), limit_tokens=40_000, thresholds=(Decimal(1),)),
     )
+    # the whole team's spend, summed over every partition by the scope agent, reaches this exactly
+    team_limit = len(sessions) * per_session * _gpt4o(60, 40)
+    publish_policy(
+        settings,
+        BudgetPolicy(
+            policy_id="team",
+            scope=(Scope.TEAM,),
+            limit_cost=team_limit,
+            action=Action.WARN,
+            thresholds=(Decimal("0.5"), Decimal(1)),
+        ),
+    )
     events = [
         make_event(session_id=s, workflow_id=f"wf-{s}", step=i, input_tokens=60, output_tokens=40)
         for i in range(per_session)
@@ -177,7 +189,11 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
     assert set(counts.values()) == {1}
     assert sum(Decimal(r["cost"]) for r in got) == len(events) * _gpt4o(60, 40)
 
-    signals = reader_factory(settings, SIGNALS.suffix).wait_for(len(sessions), settle=1.0)
+    all_signals = reader_factory(settings, SIGNALS.suffix).wait_for(2 * len(sessions), settle=1.0)
+    signals = [s for s in all_signals if s["policy_id"] == "cap"]
+    warned = [s for s in all_signals if s["policy_id"] == "team"]
+    assert {s["session_id"] for s in warned} == set(sessions)
+    assert {(s["action"], Decimal(s["spent_cost"])) for s in warned} == {("warn", team_limit)}
     last = {e["session_id"]: e["event_id"] for e in events}  # the 400th event reaches exactly 40000
     by_id = {s["signal_id"]: s for s in signals}  # a replay may repeat a signal, never change it
     assert len(by_id) == len(sessions)
@@ -186,11 +202,19 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
         assert s["spent_tokens"] == 40_000
         assert s["trigger_event_id"] == last[s["session_id"]]
     # alerts are written in the transactions: a replay after the crash never re-fires one
-    alerts = reader_factory(settings, ALERTS.suffix).wait_for(len(sessions), settle=1.0)
+    alerts = reader_factory(settings, ALERTS.suffix).wait_for(len(sessions) + 2, settle=1.0)
     assert Counter(a["alert_id"] for a in alerts) == Counter(
         {alert_id("cap", f"session={s}", None, Decimal(1)): 1 for s in sessions}
+        | {alert_id("team", "team=platform", None, Decimal(t)): 1 for t in ("0.5", "1")}
     )
-    assert {(Decimal(a["spent_cost"]), a["spent_tokens"]) for a in alerts} == {(per_session * _gpt4o(60, 40), 40_000)}
+    session_alerts = [a for a in alerts if a["policy_id"] == "cap"]
+    assert {(Decimal(a["spent_cost"]), a["spent_tokens"]) for a in session_alerts} == {
+        (per_session * _gpt4o(60, 40), 40_000)
+    }
+    team_alerts = sorted(
+        (Decimal(a["threshold"]), Decimal(a["spent_cost"])) for a in alerts if a["policy_id"] == "team"
+    )
+    assert team_alerts == [(Decimal("0.5"), team_limit / 2), (Decimal(1), team_limit)]
     assert second.stop() == 0
 
 
