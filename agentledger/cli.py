@@ -292,6 +292,121 @@ def keys_list(
     typer.echo(json.dumps(body, indent=2))
 
 
+periods = typer.Typer(help="Billing periods (calendar months, UTC): close a month for good.", no_args_is_help=True)
+app.add_typer(periods, name="periods")
+
+
+@contextmanager
+def _warehouse() -> Iterator[Any]:
+    from api.migrations import migrate as apply
+    from api.warehouse import WarehouseLocked, open_warehouse
+
+    settings = get_settings()
+    try:
+        warehouse = open_warehouse(settings)
+    except WarehouseLocked as exc:
+        typer.echo(
+            f"error: WarehouseLocked: {exc}\n"
+            "A running `agentledger api` holds the embedded warehouse: pass --api http://HOST:PORT "
+            "--admin-key <admin key>, or stop it and run this again.",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    try:
+        apply(warehouse, settings.database)
+        yield warehouse
+    finally:
+        warehouse.close()
+
+
+@periods.command("close")
+def periods_close(
+    period: Annotated[str, typer.Argument(help="The month, YYYY-MM")],
+    api_url: ApiUrl = None,
+    admin_key: AdminKey = None,
+) -> None:
+    """Close a month: later events for it are charged in the next open month."""
+    if api_url:
+        body = _api_call(api_url, admin_key, "POST", f"/v1/periods/{period}/close")
+    else:
+        from api.errors import InvalidParameter
+        from api.periods import close_period, parse_period
+
+        with _warehouse() as warehouse:
+            try:
+                close, _ = close_period(warehouse, get_settings().database, parse_period(period), closed_by="cli")
+            except InvalidParameter as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+        body = {
+            "period": f"{close.period:%Y-%m}",
+            "closed_at": close.closed_at.isoformat(),
+            "closed_by": close.closed_by,
+        }
+    typer.echo(json.dumps(body, indent=2))
+
+
+@periods.command("list")
+def periods_list(api_url: ApiUrl = None, admin_key: AdminKey = None) -> None:
+    """List closed months."""
+    if api_url:
+        body = _api_call(api_url, admin_key, "GET", "/v1/periods")
+    else:
+        from api.periods import list_closes
+
+        with _warehouse() as warehouse:
+            closes = list_closes(warehouse, get_settings().database)
+        body = {
+            "closed": [
+                {"period": f"{c.period:%Y-%m}", "closed_at": c.closed_at.isoformat(), "closed_by": c.closed_by}
+                for c in closes
+            ]
+        }
+    typer.echo(json.dumps(body, indent=2))
+
+
+@app.command()
+def reprice(
+    start: Annotated[str, typer.Option("--from", help="Event time, inclusive (ISO 8601; UTC when no zone)")],
+    end: Annotated[str, typer.Option("--to", help="Event time, exclusive")],
+    rate_card: Annotated[Path, typer.Option("--rate-card", help="The rate card YAML to re-price under")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the differences, send nothing")] = False,
+    api_url: ApiUrl = None,
+    admin_key: AdminKey = None,
+) -> None:
+    """Re-price a time range under a rate card; the differences become adjustment events."""
+    try:
+        text = rate_card.read_text(encoding="utf-8")
+    except OSError as exc:
+        typer.echo(f"error: cannot read {rate_card}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    request = {"from": start, "to": end, "rate_card": text, "dry_run": dry_run}
+    if api_url:
+        body = _api_call(api_url, admin_key, "POST", "/v1/reprice", json=request)
+    else:
+        from pydantic import ValidationError
+
+        from api.errors import ApiError
+        from api.repricing import RepriceError, emit, plan
+        from api.routes.repricing import RepriceRequest, check_request, response_of
+        from processors.errors import RateCardError
+        from processors.ratecard import parse_rate_card
+
+        try:
+            parsed = RepriceRequest.model_validate(request)
+            check_request(parsed)
+            card = parse_rate_card(text)
+            with _warehouse() as warehouse:
+                result = plan(warehouse, get_settings(), card, parsed.start, parsed.end)
+            if not dry_run:
+                emit(get_settings(), result)
+        except (ValidationError, ApiError, RateCardError, RepriceError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        body = response_of(result).model_dump(mode="json", by_alias=True)
+    typer.echo(json.dumps(body, indent=2))
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 

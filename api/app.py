@@ -13,12 +13,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentledger.settings import Settings
+from api.admin import AdminServices
 from api.auth import check_auth_settings
 from api.errors import ApiError, InvalidParameter, WarehouseUnavailable
 from api.keys import KeyStore
 from api.migrations import migrate
 from api.producer import EventProducer
-from api.routes import chargeback, ingest, keys, reports
+from api.routes import alerts, budgets, chargeback, ingest, keys, periods, prices, reports, repricing, sessions
 from api.sink import Sink
 from api.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
         app.state.sink_error = None
         app.state.keys = KeyStore(wh, settings.database, cache_s=settings.auth_cache_s)
         app.state.producer = None
+        app.state.admin = None
         stop = threading.Event()
         thread = None
         try:
@@ -62,11 +64,14 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
                     target=_run_sink, args=(app.state.sink, stop, app), name="agentledger-sink", daemon=True
                 )
                 thread.start()
+            app.state.admin = AdminServices(settings, wh, with_sink=with_sink)
             yield
         finally:
             stop.set()
             if thread is not None:
                 thread.join(timeout=60)
+            if app.state.admin is not None:
+                app.state.admin.close()
             if app.state.producer is not None:
                 app.state.producer.close()
             if owned:
@@ -115,4 +120,6 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
     app.include_router(reports.router)
     app.include_router(ingest.router)
     app.include_router(keys.router)
+    for admin_router in (budgets, sessions, alerts, prices, periods, repricing):
+        app.include_router(admin_router.router)
     return app

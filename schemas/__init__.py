@@ -2,6 +2,7 @@
 
 from schemas.budgets import (
     Action,
+    Alert,
     BudgetPolicy,
     Scope,
     SessionState,
@@ -24,6 +25,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "SCHEMA_VERSION",
     "Action",
+    "Alert",
     "BudgetPolicy",
     "CostEvent",
     "DeadLetter",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.budgets import BudgetPolicy, SessionStatus, Signal
+from schemas.budgets import Alert, BudgetPolicy, SessionStatus, Signal
 from schemas.events import CostEvent, DeadLetter, PricedEvent
 
 EXPORTED: dict[str, type[BaseModel]] = {
@@ -17,6 +17,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "budget-policy.v1": BudgetPolicy,
     "signal.v1": Signal,
     "session-status.v1": SessionStatus,
+    "alert.v1": Alert,
 }
 JSON_DIR = Path(__file__).parent / "json"
 

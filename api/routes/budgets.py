@@ -1,0 +1,133 @@
+"""/v1/budgets: budget policies, written as events on the compacted budget-policies topic.
+
+The topic is the source of truth: a write publishes the policy (or a tombstone) and then
+waits until the API's policy cache has read the topic to its end, so the answer and every
+later read show it; workers apply it within seconds.
+
+Scopes: `reports:read` to read, `budgets:write` to change. A key restricted to a team sees
+and changes only the policies whose `match` pins that team (`match.team == key.team`): it
+cannot create one without that pin, and a policy of another team (or of every team) is
+404 to it, as if it did not exist, so ids of other teams' policies do not leak.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel
+
+from api.auth import require
+from api.errors import Forbidden, InvalidParameter, KafkaUnavailable, NotFound
+from api.keys import ApiKey
+from api.policy_cache import PolicyCache, PolicyCacheUnavailable
+from processors.errors import PolicyPublishError
+from processors.policies import delete_policy, publish_policy
+from schemas.budgets import BudgetPolicy, Scope
+
+router = APIRouter(prefix="/v1/budgets", tags=["budgets"])
+
+PolicyIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class BudgetList(BaseModel):
+    budgets: list[BudgetPolicy]
+
+
+def _cache(request: Request) -> PolicyCache:
+    try:
+        cache: PolicyCache = request.app.state.admin.policies()
+    except PolicyCacheUnavailable as exc:
+        raise KafkaUnavailable(str(exc)) from None
+    return cache
+
+
+def _visible(policy: BudgetPolicy, key: ApiKey) -> bool:
+    return key.team is None or policy.match.get(Scope.TEAM) == key.team
+
+
+def _visible_or_404(cache: PolicyCache, policy_id: str, key: ApiKey) -> BudgetPolicy:
+    policy = cache.get(policy_id)
+    if policy is None or not _visible(policy, key):
+        raise NotFound(f"no budget policy {policy_id!r}", field="policy_id")
+    return policy
+
+
+def _write(request: Request, policy: BudgetPolicy, key: ApiKey, response: Response) -> BudgetPolicy:
+    if key.team is not None and policy.match.get(Scope.TEAM) != key.team:
+        raise Forbidden(f"a key restricted to team {key.team!r} may only set policies with match.team equal to it",
+                        field="match")  # fmt: skip
+    cache = _cache(request)
+    existing = cache.get(policy.policy_id)
+    if existing is not None and not _visible(existing, key):
+        raise Forbidden(f"the policy {policy.policy_id!r} belongs to another team", field="policy_id")
+    try:
+        publish_policy(request.app.state.settings, policy)
+        cache.wait_caught_up()
+    except PolicyPublishError as exc:
+        raise KafkaUnavailable(str(exc)) from None
+    except PolicyCacheUnavailable as exc:
+        raise KafkaUnavailable(str(exc)) from None
+    response.status_code = 200 if existing is not None else 201
+    return policy
+
+
+@router.get("", response_model=BudgetList, summary="List budget policies")
+def list_budgets(request: Request, key: Annotated[ApiKey, Depends(require("reports:read"))]) -> BudgetList:
+    return BudgetList(budgets=[p for p in _cache(request).policies() if _visible(p, key)])
+
+
+@router.get("/{policy_id}", response_model=BudgetPolicy, summary="One budget policy")
+def get_budget(
+    request: Request, policy_id: PolicyIdPath, key: Annotated[ApiKey, Depends(require("reports:read"))]
+) -> BudgetPolicy:
+    return _visible_or_404(_cache(request), policy_id, key)
+
+
+@router.post(
+    "",
+    response_model=BudgetPolicy,
+    status_code=201,
+    summary="Create or replace a budget policy (201 created, 200 replaced)",
+)
+def post_budget(
+    request: Request,
+    body: BudgetPolicy,
+    response: Response,
+    key: Annotated[ApiKey, Depends(require("budgets:write"))],
+) -> BudgetPolicy:
+    return _write(request, body, key, response)
+
+
+@router.put(
+    "/{policy_id}",
+    response_model=BudgetPolicy,
+    status_code=201,
+    summary="Create or replace a budget policy (201 created, 200 replaced)",
+)
+def put_budget(
+    request: Request,
+    policy_id: PolicyIdPath,
+    body: BudgetPolicy,
+    response: Response,
+    key: Annotated[ApiKey, Depends(require("budgets:write"))],
+) -> BudgetPolicy:
+    if body.policy_id != policy_id:
+        raise InvalidParameter(f"body policy_id {body.policy_id!r} differs from the path", field="policy_id")
+    return _write(request, body, key, response)
+
+
+@router.delete("/{policy_id}", status_code=204, summary="Delete a budget policy (a tombstone)")
+def delete_budget(
+    request: Request, policy_id: PolicyIdPath, key: Annotated[ApiKey, Depends(require("budgets:write"))]
+) -> Response:
+    cache = _cache(request)
+    _visible_or_404(cache, policy_id, key)
+    try:
+        delete_policy(request.app.state.settings, policy_id)
+        cache.wait_caught_up()
+    except PolicyPublishError as exc:
+        raise KafkaUnavailable(str(exc)) from None
+    except PolicyCacheUnavailable as exc:
+        raise KafkaUnavailable(str(exc)) from None
+    return Response(status_code=204)

@@ -1,0 +1,171 @@
+"""/v1/sessions: each session's status, spend, and the signal that stopped it.
+
+Spend is the settled spend (reservations excluded) from `priced_events`, counted once per
+event_id; status and signals come from the `session_status` and `signals` tables that the
+status sink fills. A key restricted to a team sees a session only if the session has events
+of its team, and then only that team's spend; any other session is 404 to it, exactly like
+a session that does not exist, so session ids of other teams do not leak.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel
+
+from api.admin_queries import (
+    SESSION_STATES,
+    session_signals_query,
+    session_spend_query,
+    session_status_query,
+    sessions_query,
+)
+from api.auth import require
+from api.errors import Forbidden, InvalidParameter, NotFound
+from api.keys import ApiKey
+from api.money import EXPONENT as CENT_EXPONENT
+from api.money import MoneyText
+from schemas.budgets import Signal
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+SessionIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[\x21-\x7e][\x20-\x7e]*$")]
+
+
+class SignalPublic(BaseModel):
+    signal_id: str
+    action: str
+    policy_id: str
+    scope: list[str]
+    scope_value: str
+    window_start: datetime | None
+    limit_tokens: int | None
+    limit_cost: MoneyText | None
+    spent_tokens: int
+    spent_cost: MoneyText
+    reason: str
+    recommended_model: str | None
+    trigger_event_id: str | None
+    issued_at: datetime
+
+
+class SessionPublic(BaseModel):
+    session_id: str
+    state: str
+    status_updated_at: datetime | None
+    teams: list[str]
+    calls: int
+    cost: MoneyText
+    list_cost: MoneyText
+    input_tokens: int
+    output_tokens: int
+    first_event_at: datetime | None
+    last_event_at: datetime | None
+    stopped_by: SignalPublic | None
+    signals: list[SignalPublic]
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    state: str
+    calls: int
+    cost: MoneyText
+    last_event_at: datetime | None
+    status_updated_at: datetime | None
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionSummary]
+    limit: int
+    offset: int
+
+
+def _money(value: Any) -> Decimal:
+    return Decimal(value or 0).quantize(CENT_EXPONENT)
+
+
+def _signal(row: dict[str, Any]) -> SignalPublic:
+    values = dict(row)
+    values["limit_cost"] = _money(row["limit_cost"]) if row["limit_cost"] is not None else None
+    values["spent_cost"] = _money(row["spent_cost"])
+    return SignalPublic(**values)
+
+
+def _stopped_by(signal_json: str) -> SignalPublic | None:
+    if not signal_json:
+        return None
+    signal = Signal.model_validate_json(signal_json)
+    return SignalPublic(
+        **signal.model_dump(exclude={"scope", "action", "limit_cost", "spent_cost", "session_id"}),
+        action=signal.action.value,
+        scope=[s.value for s in signal.scope],
+        limit_cost=_money(signal.limit_cost) if signal.limit_cost is not None else None,
+        spent_cost=_money(signal.spent_cost),
+    )
+
+
+@router.get("/{session_id}", response_model=SessionPublic, summary="A session's status, spend and signals")
+def get_session(
+    request: Request, session_id: SessionIdPath, key: Annotated[ApiKey, Depends(require("reports:read"))]
+) -> SessionPublic:
+    state = request.app.state
+    wh, db = state.warehouse, state.settings.database
+    spend = wh.query(*session_spend_query(db, session_id, key.team))[0]
+    calls = int(spend["calls"])
+    statuses = [] if key.team is not None and calls == 0 else wh.query(*session_status_query(db, session_id))
+    if calls == 0 and not statuses:
+        raise NotFound(f"no session {session_id!r}", field="session_id")
+    status = statuses[0] if statuses else None
+    stopped = None
+    if status is not None and status["state"] in ("paused", "killed"):
+        stopped = _stopped_by(status["signal"])
+    signals = [_signal(r) for r in wh.query(*session_signals_query(db, session_id))]
+    return SessionPublic(
+        session_id=session_id,
+        state=status["state"] if status is not None else "active",
+        status_updated_at=status["updated_at"] if status is not None else None,
+        teams=[t for t in spend["teams"] if t is not None],
+        calls=calls,
+        cost=_money(spend["cost"]),
+        list_cost=_money(spend["list_cost"]),
+        input_tokens=int(spend["input_tokens"]),
+        output_tokens=int(spend["output_tokens"]),
+        first_event_at=spend["first_event_at"] if calls else None,
+        last_event_at=spend["last_event_at"] if calls else None,
+        stopped_by=stopped,
+        signals=signals,
+    )
+
+
+@router.get("", response_model=SessionList, summary="Sessions by spend, filtered by state and team")
+def list_sessions(
+    request: Request,
+    key: Annotated[ApiKey, Depends(require("reports:read"))],
+    state: Annotated[str | None, Query(description=f"One of: {', '.join(SESSION_STATES)}")] = None,
+    team: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> SessionList:
+    if state is not None and state not in SESSION_STATES:
+        raise InvalidParameter(f"unknown state {state[:40]!r}; allowed: {', '.join(SESSION_STATES)}", field="state")
+    if key.team is not None:
+        if team is not None and team != key.team:
+            raise Forbidden(f"the key is restricted to team {key.team!r}", field="team")
+        team = key.team
+    db = request.app.state.settings.database
+    rows = request.app.state.warehouse.query(*sessions_query(db, team=team, state=state, limit=limit, offset=offset))
+    sessions = [
+        SessionSummary(
+            session_id=r["session_id"],
+            state=r["state"],
+            calls=int(r["calls"] or 0),
+            cost=_money(r["cost"]),
+            last_event_at=r["last_event_at"],
+            status_updated_at=r["status_updated_at"],
+        )
+        for r in rows
+    ]
+    return SessionList(sessions=sessions, limit=limit, offset=offset)
