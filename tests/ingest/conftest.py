@@ -21,7 +21,21 @@ from schemas.codec import encode
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
-PRIVATE_PORT = int(os.environ.get("AGENTLEDGER_PRIVATE_KAFKA_PORT", "19192"))
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free on loopback: a private broker's listener and controller."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
 
 
 def dead_bootstrap() -> str:
@@ -120,11 +134,11 @@ class PrivateBroker:
 
 @pytest.fixture(scope="module")
 def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    """A separate single-node broker (port 19192, controller 19193) in a temporary folder.
-
-    Never the shared broker: tests stop this one on purpose. Stopped at the end.
+    """A separate single-node broker on free ports (AGENTLEDGER_PRIVATE_KAFKA_PORT to pin one)
+    in a temporary folder. Never the shared broker: tests stop this one on purpose.
     """
-    broker = PrivateBroker(PRIVATE_PORT, tmp_path_factory.mktemp("kafka-private"))
+    port = int(os.environ.get("AGENTLEDGER_PRIVATE_KAFKA_PORT") or free_port_pair())
+    broker = PrivateBroker(port, tmp_path_factory.mktemp("kafka-private"))
     broker.run("start")
     try:
         yield broker
