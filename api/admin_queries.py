@@ -76,14 +76,14 @@ def sessions_query(
         f"FROM ({deduplicated('database', _SPEND_COLUMNS, where)}) GROUP BY session_id"
     )
     status = (
-        "SELECT session_id, argMax(state, updated_at) AS state, max(updated_at) AS updated_at "
+        "SELECT session_id, argMax(state, updated_at) AS state, max(updated_at) AS status_at "
         "FROM {database:Identifier}.session_status GROUP BY session_id"
     )
     join = "LEFT JOIN" if team is not None else "FULL OUTER JOIN"
     sql = (
         "SELECT session_id, if(st.state = '', 'active', st.state) AS state, sp.cost AS cost, sp.calls AS calls, "
         "if(sp.calls = 0, NULL, sp.last_event_at) AS last_event_at, "
-        "if(st.state = '', NULL, st.updated_at) AS status_updated_at "
+        "if(st.state = '', NULL, st.status_at) AS status_updated_at "
         f"FROM ({spend}) AS sp {join} ({status}) AS st USING session_id"
     )
     if state is not None:
