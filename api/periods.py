@@ -62,11 +62,11 @@ class PeriodClose:
 
 def list_closes(warehouse: Warehouse, database: str) -> list[PeriodClose]:
     rows = warehouse.query(
-        "SELECT period, min(closed_at) AS closed_at, argMin(closed_by, closed_at) AS closed_by "
+        "SELECT period, min(closed_at) AS first_closed_at, argMin(closed_by, closed_at) AS first_closed_by "
         "FROM {database:Identifier}.period_closes GROUP BY period ORDER BY period",
         {"database": database},
     )
-    return [PeriodClose(r["period"], r["closed_at"], r["closed_by"]) for r in rows]
+    return [PeriodClose(r["period"], r["first_closed_at"], r["first_closed_by"]) for r in rows]
 
 
 def close_period(
@@ -149,6 +149,8 @@ def period_report_query(
     columns = list(dict.fromkeys([*columns, *MONEY_MEASURES, *TOKEN_MEASURES, "kind", "occurred_at"]))
     picked = ", ".join(columns)
     names = ", ".join(f"picked.{i} AS {c}" for i, c in enumerate(columns, start=1))
+    # the raw cost under its own name: the outer `sum(cost) AS cost` would shadow `cost`
+    names += f", picked.{columns.index('cost') + 1} AS raw_cost"
     inner = (
         f"SELECT {names} FROM (SELECT event_id, argMin(tuple({picked}), inserted_at) AS picked "
         f"FROM {{database:Identifier}}.event_ledger WHERE {' AND '.join(conditions)} GROUP BY event_id)"
@@ -158,9 +160,9 @@ def period_report_query(
     select += [f"sum({t}) AS {t}" for t in TOKEN_MEASURES]
     select += [
         "count() AS calls",
-        "sumIf(cost, toStartOfMonth(occurred_at) != {bp_period:Date}) AS carried_over_cost",
+        "sumIf(raw_cost, toStartOfMonth(occurred_at) != {bp_period:Date}) AS carried_over_cost",
         "countIf(toStartOfMonth(occurred_at) != {bp_period:Date}) AS carried_over_calls",
-        "sumIf(cost, kind = 'adjustment') AS adjustment_cost",
+        "sumIf(raw_cost, kind = 'adjustment') AS adjustment_cost",
     ]
     sql = f"SELECT {', '.join(select)} FROM ({inner})"
     if group_by:
