@@ -170,6 +170,7 @@ def run_demo(settings: Settings, *, sessions: int = 12, calls: int = 8, console:
     for thread in threads:
         thread.join()
     ingest.flush(timeout=30)
+    ingest.close(timeout=5)  # the demo's agents are done: nothing of the hook outlives them
     total = Tally()
     for tally in results:
         total.add(tally)

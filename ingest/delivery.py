@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from ingest.config import IngestConfig
 from ingest.errors import InvalidEvent
+from ingest.kafka_log import kafka_logger
 from ingest.spool import Spool, SpoolRow
 from ingest.stats import Stats
 from schemas.codec import encode
@@ -73,7 +74,7 @@ def producer_config(config: IngestConfig) -> dict[str, Any]:
         "queue.buffering.max.messages": max(config.max_in_flight * 2, 1000),
         "compression.type": "lz4",
         "client.id": "agentledger-hook",
-        "logger": logging.getLogger("agentledger.ingest.kafka"),
+        "logger": kafka_logger(),
         **config.producer_config,
     }
 

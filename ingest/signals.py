@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ingest.config import IngestConfig
+from ingest.kafka_log import kafka_logger
 from ingest.stats import Stats
 from schemas.budgets import Action, SessionState, SessionStatus, Signal
 from schemas.codec import decode
@@ -131,7 +132,7 @@ class SignalListener:
             "isolation.level": "read_uncommitted",
             "socket.nagle.disable": True,
             "client.id": "agentledger-hook-signals",
-            "logger": logging.getLogger("agentledger.ingest.kafka"),
+            "logger": kafka_logger(),
             **self.config.consumer_config,
         }
 
