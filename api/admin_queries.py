@@ -8,10 +8,25 @@ filter is always a bound parameter.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from api.errors import InvalidParameter
 from api.queries import deduplicated
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2261, 12, 31, tzinfo=UTC)
+
+
+def utc_in_range(value: datetime | None, field: str) -> datetime | None:
+    """A request time as aware UTC (naive means UTC), within what DateTime64 columns hold."""
+    if value is None:
+        return None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not EARLIEST <= value <= LATEST:
+        raise InvalidParameter(f"{field} must be between 1970 and 2261", field=field)
+    return value
+
 
 SESSION_STATES = ("active", "warned", "downgraded", "paused", "killed")
 _SPEND_COLUMNS = ("session_id", "team", "cost", "list_cost", "input_tokens", "output_tokens", "occurred_at")

@@ -7,7 +7,7 @@ whose scope value names its team (`team=<team>`), and nothing else: another aler
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 
-from api.admin_queries import alerts_query, deliveries_query
+from api.admin_queries import alerts_query, deliveries_query, utc_in_range
 from api.auth import require
 from api.errors import InvalidParameter, NotFound
 from api.keys import ApiKey
@@ -87,12 +87,6 @@ def _alert(row: dict[str, Any]) -> AlertPublic:
     return AlertPublic(**values)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 @router.get("", response_model=AlertList, summary="Threshold alerts, newest first")
 def list_alerts(
     request: Request,
@@ -102,7 +96,7 @@ def list_alerts(
     end: Annotated[datetime | None, Query(alias="to", description="issued before")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AlertList:
-    start, end = _utc(start), _utc(end)
+    start, end = utc_in_range(start, "from"), utc_in_range(end, "to")
     if start is not None and end is not None and end <= start:
         raise InvalidParameter("'to' must be after 'from'", field="to")
     db = request.app.state.settings.database

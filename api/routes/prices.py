@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from genai_prices import data_snapshot
 from pydantic import BaseModel
 
+from api.admin_queries import utc_in_range
 from api.auth import require
 from api.errors import InvalidParameter
 from api.keys import ApiKey
@@ -121,7 +122,7 @@ def prices(
     at: Annotated[datetime | None, Query(description="Prices at this time (default: now)")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> PriceCatalogue:
-    when = datetime.now(UTC) if at is None else (at.replace(tzinfo=UTC) if at.tzinfo is None else at)
+    when = utc_in_range(at, "at") or datetime.now(UTC)
     card = _rate_card(request)
     snapshot = data_snapshot.get_snapshot()
     entries: list[dict[str, Any]] = []

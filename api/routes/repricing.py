@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.admin_queries import utc_in_range
 from api.auth import require_unrestricted_admin
 from api.errors import InvalidParameter, KafkaUnavailable
 from api.keys import ApiKey
@@ -110,6 +111,8 @@ def response_of(result: RepriceResult) -> RepriceResponse:
 
 
 def check_request(body: RepriceRequest) -> None:
+    utc_in_range(body.start, "from")
+    utc_in_range(body.end, "to")
     if body.end <= body.start:
         raise InvalidParameter("'to' must be after 'from'", field="to")
     if body.end - body.start > MAX_RANGE:
