@@ -58,6 +58,16 @@ def dispatcher() -> None:
     run_dispatcher(get_settings())
 
 
+@app.command("status-sink")
+def status_sink() -> None:
+    """Run the status sink alone (server mode): signals, session statuses, alerts and their
+    deliveries into ClickHouse; in embedded mode `api` runs it."""
+    _logging()
+    from api.status_sink import run_status_sink
+
+    run_status_sink(get_settings())
+
+
 @app.command()
 def api() -> None:
     """Serve the HTTP API (and, with the embedded engine, the sink in the same process)."""

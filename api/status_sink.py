@@ -224,3 +224,29 @@ class StatusSink:
             self._pending.clear()
             self._seen.clear()
             self._consumer.close()
+
+
+def run_status_sink(settings: Settings) -> None:
+    """The standalone status sink (server mode): migrate, consume until SIGINT/SIGTERM.
+
+    In embedded (chDB) mode the API process runs it as a thread instead."""
+    import signal
+
+    from api.migrations import migrate
+    from api.warehouse import open_warehouse
+
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("status_sink.stopping", signal=signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    warehouse = open_warehouse(settings)
+    try:
+        migrate(warehouse, settings.database)
+        StatusSink(settings, warehouse).run(stop)
+    finally:
+        warehouse.close()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
