@@ -14,11 +14,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from agentledger import cli
+from agentledger.settings import get_settings
 from api.app import create_app
 from api.keys import KeyStore
 from api.migrations import migrate
 from api.repricing import adjustment_event_id, card_hash
 from api.sink import Sink
+from api.warehouse.chdb import ChdbWarehouse
 from processors.pricing import price_event
 from processors.ratecard import parse_rate_card
 from schemas import codec
@@ -283,3 +285,46 @@ def test_price_catalogue_under_the_rate_card(settings_factory, warehouse_factory
         for params, field in (({"model": "m" * 200}, "model"), ({"limit": "0"}, "limit"), ({"at": "soon"}, "at")):
             r = client.get("/v1/prices", params=params)
             assert r.status_code == 422 and r.json()["error"]["field"] == field
+
+
+def test_cli_close_and_reprice_on_the_warehouse(settings_factory, priced_event_factory, produce_priced, monkeypatch):
+    settings = settings_factory(sink_batch_seconds=0.2)
+    for name, value in (
+        ("AGENTLEDGER_CHDB_PATH", str(settings.chdb_path)),
+        ("AGENTLEDGER_DATABASE", settings.database),
+        ("AGENTLEDGER_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+        ("AGENTLEDGER_TOPIC_PREFIX", settings.topic_prefix),
+    ):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CLICKHOUSE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        wh = ChdbWarehouse(settings.chdb_path)
+        try:
+            migrate(wh, settings.database)
+            produce_priced(settings, [priced_event_factory(cost="0.001", step=0)])
+            _sink_all(settings, wh)
+        finally:
+            wh.close()
+        card = settings.chdb_path.parent / "half.yaml"
+        card.write_text(CARD_HALF)
+        runner = CliRunner()
+        result = runner.invoke(cli.app, ["periods", "close", "2026-03"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["closed_by"] == "cli"
+        assert json.loads(runner.invoke(cli.app, ["periods", "list"]).stdout)["closed"][0]["period"] == "2026-03"
+        assert runner.invoke(cli.app, ["periods", "close", "2026-13"]).exit_code == 2
+        cmd = ["reprice", "--from", "2026-03-01", "--to", "2026-04-01", "--rate-card", str(card)]
+        result = runner.invoke(cli.app, [*cmd, "--dry-run"])
+        assert result.exit_code == 0, result.output
+        dry = json.loads(result.stdout)
+        assert (dry["events_examined"], dry["total_difference"], dry["emitted"]) == (1, "0.001250000000", 0)
+        assert _cost_events(settings, timeout=1) == []
+        result = runner.invoke(cli.app, cmd)
+        assert result.exit_code == 0 and json.loads(result.stdout)["emitted"] == 1
+        [adjustment] = _cost_events(settings)
+        assert adjustment.adjustment_amount == Decimal("0.00125")
+        result = runner.invoke(cli.app, [*cmd[:4], "2026-02-01", *cmd[5:]])  # to before from
+        assert result.exit_code == 2 and "'to' must be after 'from'" in result.stderr
+    finally:
+        get_settings.cache_clear()
