@@ -42,11 +42,40 @@ def worker() -> None:
 
 @app.command()
 def sink() -> None:
-    """Run the ClickHouse sink alone (server mode; in embedded mode `api` runs it)."""
+    """Run the ClickHouse sinks (server mode; in embedded mode `api` runs them): priced
+    events, and with CLICKHOUSE_URL set also signals, session statuses and alerts."""
     _logging()
-    from api.sink import run_sink
+    import threading
 
-    run_sink(get_settings())
+    import structlog
+
+    from api.migrations import migrate as migrate_all
+    from api.sink import run_sink
+    from api.status_sink import StatusSink
+    from api.warehouse import open_warehouse
+
+    settings = get_settings()
+    if not settings.clickhouse_url:
+        run_sink(settings)  # chDB: one process per folder; `agentledger api` runs both sinks
+        return
+    warehouse = open_warehouse(settings)
+    migrate_all(warehouse, settings.database)
+    stop = threading.Event()
+
+    def run_status() -> None:
+        try:
+            StatusSink(settings, warehouse).run(stop)
+        except Exception:  # logged; the priced-events sink goes on
+            structlog.get_logger("agentledger.cli").exception("status_sink.crashed")
+
+    status = threading.Thread(target=run_status, name="agentledger-status-sink", daemon=True)
+    status.start()
+    try:
+        run_sink(settings)
+    finally:
+        stop.set()
+        status.join(timeout=30)
+        warehouse.close()
 
 
 @app.command()
