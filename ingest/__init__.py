@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest import runtime as _runtime
-from ingest.config import IngestConfig, Mode, build_config
+from ingest.config import IngestConfig, Mode, Transport, build_config
 from ingest.errors import AgentLedgerError, BudgetExceeded, BudgetPaused, InvalidEvent
 from ingest.session import LOCAL_CAP_POLICY, LlmCall, Session, ToolSpan, Usage, current_session
 from ingest.stats import IngestStats
@@ -72,6 +72,12 @@ def configure(
     estimator: Estimator | None = None,
     producer_config: Mapping[str, Any] | None = None,
     consumer_config: Mapping[str, Any] | None = None,
+    transport: Transport | None = None,
+    api_url: str | None = None,
+    api_key: str | None = None,
+    http_batch_size: int | None = None,
+    http_max_bytes: int | None = None,
+    http_timeout_s: float | None = None,
 ) -> IngestConfig:
     """Turn the hook on for this process (call once, at start-up); returns the config in force.
 
@@ -80,7 +86,13 @@ def configure(
     (agentledger.), `AGENTLEDGER_SPOOL_DIR` (~/.local/state/agentledger/spool),
     `AGENTLEDGER_QUEUE_SIZE` (10000), `AGENTLEDGER_MODE` (production),
     `AGENTLEDGER_SPOOL_MAX_EVENTS` (1,000,000), `AGENTLEDGER_SPOOL_MAX_BYTES` (1 GiB),
-    `AGENTLEDGER_LISTEN_SIGNALS` (true).
+    `AGENTLEDGER_LISTEN_SIGNALS` (true), `AGENTLEDGER_TRANSPORT` (kafka),
+    `AGENTLEDGER_API_URL`, `AGENTLEDGER_API_KEY`, `AGENTLEDGER_HTTP_BATCH_SIZE` (500).
+
+    - `transport="http"` posts events to the API's `POST /v1/events` (`api_url`, and
+      `api_key` with the `ingest` scope) instead of producing to Kafka, for agents that
+      cannot reach Kafka: same spool, same event ids. Budget signals travel on Kafka only,
+      so `listen_signals` then defaults to false and budgets act through `token_cap` alone.
 
     - `mode="development"` validates every event at the call site and raises
       `InvalidEvent`; `"production"` counts and logs invalid events instead.
@@ -111,6 +123,12 @@ def configure(
             "estimator": estimator,
             "producer_config": producer_config,
             "consumer_config": consumer_config,
+            "transport": transport,
+            "api_url": api_url,
+            "api_key": api_key,
+            "http_batch_size": http_batch_size,
+            "http_max_bytes": http_max_bytes,
+            "http_timeout_s": http_timeout_s,
         }
     )
     _runtime.install(config)

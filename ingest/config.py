@@ -9,7 +9,11 @@
 | mode | AGENTLEDGER_MODE | production |
 | spool_max_events | AGENTLEDGER_SPOOL_MAX_EVENTS | 1000000 |
 | spool_max_bytes | AGENTLEDGER_SPOOL_MAX_BYTES | 1 GiB |
-| listen_signals | AGENTLEDGER_LISTEN_SIGNALS | true |
+| listen_signals | AGENTLEDGER_LISTEN_SIGNALS | true (false with transport="http") |
+| transport | AGENTLEDGER_TRANSPORT | kafka (or http: POST /v1/events of the API) |
+| api_url | AGENTLEDGER_API_URL | none (required with transport="http") |
+| api_key | AGENTLEDGER_API_KEY | none (a key with the `ingest` scope) |
+| http_batch_size | AGENTLEDGER_HTTP_BATCH_SIZE | 500 |
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
     from schemas.budgets import Signal
 
 Mode = Literal["production", "development"]
+Transport = Literal["kafka", "http"]
 
 
 def default_spool_dir() -> Path:
@@ -53,6 +58,18 @@ class IngestConfig:
     estimator: Estimator | None = None
     producer_config: Mapping[str, Any] = field(default_factory=dict)
     consumer_config: Mapping[str, Any] = field(default_factory=dict)
+    transport: Transport = "kafka"
+    api_url: str | None = None
+    """The API's base URL (`https://ledger.example.com`) or its full `/v1/events` URL."""
+    api_key: str | None = field(default=None, repr=False)
+    http_batch_size: int = 500
+    """Events per POST; keep it at or under the server's `ingest_max_events` (1000)."""
+    http_max_bytes: int = 1 << 20
+    """Bytes per POST body; keep it at or under the server's `ingest_max_bytes` (1 MiB)."""
+    http_timeout_s: float = 30.0
+    """Read timeout of a POST: the API answers once Kafka has acknowledged the batch."""
+    http_auth_retry_s: float = 60.0
+    """Wait between attempts while the API refuses the key (401/403), logged each time."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("production", "development"):
@@ -61,6 +78,13 @@ class IngestConfig:
             raise ValueError("queue_size, spool_max_events and spool_max_bytes must be positive")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be positive")
+        if self.transport not in ("kafka", "http"):
+            raise ValueError(f"transport must be 'kafka' or 'http', not {self.transport!r}")
+        if self.transport == "http":
+            if not self.api_url or not self.api_url.startswith(("http://", "https://")):
+                raise ValueError("transport='http' needs api_url='https://...' (or AGENTLEDGER_API_URL)")
+            if self.http_batch_size < 1 or self.http_max_bytes < 1024 or self.http_timeout_s <= 0:
+                raise ValueError("http_batch_size, http_max_bytes (>= 1024) and http_timeout_s must be positive")
 
     @property
     def development(self) -> bool:
@@ -76,6 +100,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "spool_max_events": ("AGENTLEDGER_SPOOL_MAX_EVENTS", int),
     "spool_max_bytes": ("AGENTLEDGER_SPOOL_MAX_BYTES", int),
     "listen_signals": ("AGENTLEDGER_LISTEN_SIGNALS", lambda v: v.strip().lower() in ("1", "true", "yes", "on")),
+    "transport": ("AGENTLEDGER_TRANSPORT", lambda v: v.strip().lower()),
+    "api_url": ("AGENTLEDGER_API_URL", str),
+    "api_key": ("AGENTLEDGER_API_KEY", str),
+    "http_batch_size": ("AGENTLEDGER_HTTP_BATCH_SIZE", int),
 }
 
 
@@ -87,6 +115,9 @@ def build_config(overrides: Mapping[str, Any], environ: Mapping[str, str] | None
         if var in env and env[var] != "":
             values[name] = parse(env[var])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("transport") == "http" and "listen_signals" not in values:
+        # signals travel on Kafka only: an agent that cannot reach Kafka listens to nothing
+        values["listen_signals"] = False
     if "spool_dir" in values:
         values["spool_dir"] = Path(values["spool_dir"]).expanduser()
     return IngestConfig(**values)
