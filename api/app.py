@@ -112,6 +112,23 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
             else {"rows_inserted": sink.rows_inserted, "batches": sink.batches, "error": state.sink_error},
         }
 
+    @app.get("/readyz", tags=["ops"])
+    def readyz(request: Request) -> JSONResponse:
+        """200 when this process can serve: the warehouse answers and, where this process runs
+        the sink, its thread is alive and has not failed. 503 otherwise, naming what is not."""
+        state = request.app.state
+        problems: list[str] = []
+        try:
+            state.warehouse.query("SELECT 1 AS ok")
+        except WarehouseError as exc:
+            problems.append(f"warehouse: {exc}")
+        if state.sink_error is not None:
+            problems.append(f"sink: {state.sink_error}")
+        elif with_sink and not any(t.name == "agentledger-sink" and t.is_alive() for t in threading.enumerate()):
+            problems.append("sink: not running")
+        status = 503 if problems else 200
+        return JSONResponse(status_code=status, content={"ready": not problems, "problems": problems})
+
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
