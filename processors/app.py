@@ -1,18 +1,28 @@
-"""The faust-streaming app: validate, dedupe, price, budget, signal.
+"""The faust-streaming app: validate, dedupe, price, budget, signal, alert.
 
-One agent consumes `cost-events` in batches (`take_events`). For each event it validates
+Agent `ledger` consumes `cost-events` in batches (`take_events`). For each event it validates
 (bad input goes to `cost-events.dlq` with its reason; the stream goes on), drops repeats of
-an `event_id`, prices, publishes the PricedEvent to `priced-events` on the source partition,
-adds usage to the session's budgets and, when a limit is reached, publishes a Signal and the
-session's status through a separate low-latency producer.
+an `event_id`, clamps a future date / flags a late one, prices, publishes the PricedEvent to
+`priced-events` on the source partition, and applies the event's usage (spend, or a
+call_started's reservation, or the settlement of one) to the session's budgets. When a
+limit is reached (spend plus open reservations) it publishes a Signal and the session's
+status through a separate low-latency producer; a threshold crossed by spend is an Alert.
+
+Budgets wider than a session (team, agent type, ...) see events from every partition, so
+the session's worker forwards a compact usage record, keyed by the scope value, to the
+internal `scope-usage` topic; agent `scopes` consumes it and keeps those budgets, one owner
+per key. A breach signals every session seen in that budget's window, and any session seen
+later in it at its first record.
 
 Exactly-once: with `processing_guarantee="exactly_once"` faust wraps, per source partition,
-the priced events, dead letters, table changelog writes and the consumed offsets in one
-Kafka transaction. Dedupe and budget state live in memory (faust memory-store tables) and
-reach their changelogs once per changed key per batch, inside that transaction; after a
-crash the worker restores them from the committed changelog and re-reads from the committed
-offset, so an event is counted once. Signals are sent outside the transaction (they must be
-fast); a replay re-sends the same `signal_id`, which consumers treat as a repeat.
+the outputs (priced events, dead letters, scope-usage records, alerts), the table changelog
+writes and the consumed offsets in one Kafka transaction. Dedupe and budget state live in
+memory (faust memory-store tables) and reach their changelogs once per changed key per batch,
+inside that transaction; after a crash the worker restores them from the committed changelog
+and re-reads from the committed offset, so an event is counted once and an alert fires once.
+Signals are sent outside the transaction (they must be fast); a replay re-sends the same
+`signal_id`, which consumers treat as a repeat. Scope signals come after the scope-usage
+record is committed (faust's commit interval, about 3 s).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
+import faust.transport.drivers.aiokafka as faust_aiokafka
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from pydantic import ValidationError
@@ -79,6 +90,22 @@ STATE_FOR_ACTION = {
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def _committed_highwaters(self: Any, partitions: list[Any]) -> Any:
+    """End offsets as a read_committed consumer sees them (the last stable offset), from the broker.
+
+    faust 0.15.3 takes them, under exactly-once, from `consumer.last_stable_offset(tp)`, which
+    aiokafka only knows after it has fetched from that partition. For a changelog partition
+    newly assigned by a rebalance it is None, read as "empty" (-1): recovery then restores
+    nothing (dedupe and budgets of the moved partitions are lost, events count twice), or, when
+    an offset was kept from an earlier generation, crashes with ConsistencyError. aiokafka's
+    `end_offsets` sends ListOffsets with the consumer's isolation level, which returns the LSO.
+    """
+    return await self._ensure_consumer().end_offsets(partitions)
+
+
+faust_aiokafka.AIOKafkaConsumerThread._highwaters = _committed_highwaters  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- validation

@@ -264,9 +264,15 @@ def test_policies_change_while_running_and_default_cap_applies(settings_factory,
 
 @pytest.mark.xfail(
     strict=False,
-    reason="faust 0.15.3 exactly-once across a rebalance between live workers: partitions stall for "
-    "tens of seconds (transactions left IN_TRANSACTION) and events were seen missing or doubled; "
-    "one worker with restarts is exact (test_crash_and_restart_counts_every_event_once)",
+    reason="faust 0.15.3 exactly-once with two live workers in one group, failed 6 of 11 runs on this "
+    "broker: after the second worker joins, the priced events of some partitions stay invisible to "
+    "read_committed readers for over 40 s (their transactions are not committed; faust logs 'Invalid "
+    "state transition IN_TRANSACTION -> IN_TRANSACTION' re-beginning the kept partitions' transactions), "
+    "or some events are still missing 45 s after the other worker's kill -9. A recovery crash "
+    "(ConsistencyError, offset 200 > highwater -1: faust read the changelog's end from aiokafka's "
+    "last_stable_offset, unknown before a fetch) is fixed by processors.app._committed_highwaters. "
+    "Until then: one worker per worker_id; one worker restarted after kill -9 is exact "
+    "(test_crash_and_restart_counts_every_event_once)",
 )
 def test_two_workers_share_partitions_and_survive_losing_one(settings_factory, worker_factory, reader_factory):
     """Two workers in one group; one is killed, the other takes its partitions and their state."""
