@@ -4,7 +4,9 @@ Prints p50 / p99 / max in microseconds, beside the baseline of a bare confluent-
 `Producer.produce()` of the same encoded event in the same run, and the hook side of the
 signal path (kill Signal produced -> BudgetExceeded raised). Not a test.
 
-    .venv/bin/python bench/hook_overhead.py [--calls 20000] [--kills 200] [--bootstrap 127.0.0.1:19092]
+    .venv/bin/python -m bench.hook_overhead [--calls 20000] [--kills 200] [--bootstrap 127.0.0.1:19092]
+
+`run()` returns the same figures for bench/run.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from confluent_kafka import Producer
 
@@ -25,6 +28,17 @@ from agentledger.kafka_admin import ensure_topics
 from agentledger.settings import Settings
 from ingest.delivery import encode_event, producer_config
 from schemas.events import derive_event_id
+
+
+def summary_us(samples_ns: list[int]) -> dict[str, float]:
+    s = sorted(samples_ns)
+    return {
+        "p50_us": round(s[len(s) // 2] / 1000, 2),
+        "p99_us": round(s[int(len(s) * 0.99)] / 1000, 2),
+        "max_us": round(s[-1] / 1000, 1),
+        "mean_us": round(statistics.fmean(s) / 1000, 2),
+        "n": len(s),
+    }
 
 
 def percentiles(samples_ns: list[int]) -> str:
@@ -48,7 +62,7 @@ def paced(calls: int, fn) -> list[int]:
     return out
 
 
-def bench_hook(label: str, bootstrap: str, prefix: str, calls: int, up: bool) -> None:
+def bench_hook(label: str, bootstrap: str, prefix: str, calls: int, up: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as spool:
         ingest.configure(
             bootstrap_servers=bootstrap,
@@ -77,9 +91,18 @@ def bench_hook(label: str, bootstrap: str, prefix: str, calls: int, up: bool) ->
             f"pending={stats.pending} queue_full={stats.queue_full}"
         )
         ingest.close(timeout=1.0)
+        return {
+            **summary_us(samples),
+            "flushed": flushed,
+            "drain_s": round(drain, 2),
+            "delivered": stats.delivered,
+            "spooled": stats.spooled,
+            "pending": stats.pending,
+            "queue_full": stats.queue_full,
+        }
 
 
-def bench_bare_produce(label: str, bootstrap: str, topic: str, calls: int) -> None:
+def bench_bare_produce(label: str, bootstrap: str, topic: str, calls: int) -> dict[str, Any]:
     config = {**producer_config(ingest.IngestConfig(bootstrap_servers=bootstrap)), "message.timeout.ms": 30_000}
     config.pop("logger", None)
     producer = Producer(config)
@@ -111,9 +134,10 @@ def bench_bare_produce(label: str, bootstrap: str, topic: str, calls: int) -> No
     print(f"bare Producer.produce(), {label:10s} {percentiles(samples)}")
     producer.purge()
     producer.flush(1)
+    return summary_us(samples)
 
 
-def bench_signal_latency(bootstrap: str, prefix: str, kills: int) -> None:
+def bench_signal_latency(bootstrap: str, prefix: str, kills: int) -> dict[str, Any]:
     """Time from producing a kill Signal (acks=1, linger 0) to BudgetExceeded in the agent."""
     from schemas.budgets import Action, Scope, Signal
     from schemas.codec import encode
@@ -156,6 +180,29 @@ def bench_signal_latency(bootstrap: str, prefix: str, kills: int) -> None:
         producer.flush(5)
         print(f"kill signal -> BudgetExceeded ({kills} kills) {percentiles(samples)}")
         ingest.close(timeout=1.0)
+        return summary_us(samples)
+
+
+def run(bootstrap: str, prefix: str, calls: int, kills: int) -> dict[str, Any]:
+    """Every figure of this benchmark (Kafka up and down), on topics under `prefix` (which the
+    caller creates and deletes)."""
+    dead = dead_address()
+    topic = prefix + "cost-events"
+    return {
+        "calls": calls,
+        "bare_up": bench_bare_produce("kafka up", bootstrap, topic, calls),
+        "hook_up": bench_hook("kafka up", bootstrap, prefix, calls, up=True),
+        "bare_down": bench_bare_produce("kafka down", dead, topic, calls),
+        "hook_down": bench_hook("kafka down", dead, prefix, calls, up=False),
+        "kill_to_exception": bench_signal_latency(bootstrap, prefix, kills),
+    }
+
+
+def dead_address() -> str:
+    """An address where nothing listens: Kafka down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def main() -> None:
@@ -164,17 +211,20 @@ def main() -> None:
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")
     parser.add_argument("--kills", type=int, default=200)
     args = parser.parse_args()
+    from bench.common import delete_topics
+
     settings = Settings(kafka_bootstrap=args.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
     ensure_topics(settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{sock.getsockname()[1]}"
-    print(f"{args.calls} calls each; kafka up at {args.bootstrap}, down at {dead} (nothing listens)")
-    bench_bare_produce("kafka up", args.bootstrap, settings.topic("cost-events"), args.calls)
-    bench_hook("kafka up", args.bootstrap, settings.topic_prefix, args.calls, up=True)
-    bench_bare_produce("kafka down", dead, settings.topic("cost-events"), args.calls)
-    bench_hook("kafka down", dead, settings.topic_prefix, args.calls, up=False)
-    bench_signal_latency(args.bootstrap, settings.topic_prefix, args.kills)
+    try:
+        dead = dead_address()
+        print(f"{args.calls} calls each; kafka up at {args.bootstrap}, down at {dead} (nothing listens)")
+        bench_bare_produce("kafka up", args.bootstrap, settings.topic("cost-events"), args.calls)
+        bench_hook("kafka up", args.bootstrap, settings.topic_prefix, args.calls, up=True)
+        bench_bare_produce("kafka down", dead, settings.topic("cost-events"), args.calls)
+        bench_hook("kafka down", dead, settings.topic_prefix, args.calls, up=False)
+        bench_signal_latency(args.bootstrap, settings.topic_prefix, args.kills)
+    finally:
+        delete_topics(settings)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,243 @@
+"""What every benchmark stage shares: isolated settings on the real broker, a worker
+subprocess, percentiles, peak memory from /proc, the load of the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from agentledger.kafka_admin import ensure_topics
+from agentledger.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
+
+
+class StageError(Exception):
+    """A benchmark stage could not produce its figure (a crash, not a missed goal)."""
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def pct(samples: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank; samples need not be sorted."""
+    s = sorted(samples)
+    if not s:
+        return float("nan")
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def dist(samples: Sequence[float], scale: float = 1.0, digits: int = 2) -> dict[str, float]:
+    """p50 / p99 / max / mean of samples, each divided by `scale`."""
+    return {
+        "p50": round(statistics.median(samples) / scale, digits),
+        "p99": round(pct(samples, 0.99) / scale, digits),
+        "max": round(max(samples) / scale, digits),
+        "mean": round(statistics.fmean(samples) / scale, digits),
+        "n": len(samples),
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of a live process, in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a live process has used so far (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def schedstat(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's main thread."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+# --------------------------------------------------------------------------- the broker
+
+
+def port_open(bootstrap: str) -> bool:
+    host, _, port = bootstrap.rpartition(":")
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def ensure_broker(bootstrap: str) -> None:
+    """Start the local broker through the project's script if nothing answers (never stops it)."""
+    if port_open(bootstrap):
+        return
+    subprocess.run(["bash", str(KAFKA_SCRIPT), "start"], check=True, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dead_bootstrap() -> str:
+    """An address where nothing listens: Kafka down."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@contextlib.contextmanager
+def bench_settings(bootstrap: str, run_tag: str, stage: str, **overrides: Any) -> Iterator[Settings]:
+    """Settings of one stage: its own topic prefix, worker id, sink group, database and chDB
+    folder; the topics exist on entry and are deleted (with the worker's faust topics) on exit."""
+    tag = f"{run_tag}{stage}{uuid.uuid4().hex[:4]}"
+    chdb = Path(tempfile.mkdtemp(prefix=f"agentledger-bench-{stage}-"))
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "topic_prefix": f"bench{tag}.",
+        "worker_id": f"benchw-{tag}",
+        "sink_group": f"benchs-{tag}",
+        "database": f"bench_{tag}",
+        "chdb_path": chdb / "chdb",
+        "partitions": 3,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    try:
+        ensure_topics(settings)
+        yield settings
+    finally:
+        delete_topics(settings)
+        import shutil
+
+        shutil.rmtree(chdb, ignore_errors=True)
+
+
+def delete_topics(settings: Settings) -> None:
+    """Best effort: drop the stage's topics and its worker's faust topics (the shared broker's
+    heap is small)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    try:
+        names = [
+            t
+            for t in admin.list_topics(timeout=10).topics
+            if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
+        ]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=10).values():
+                with contextlib.suppress(Exception):
+                    future.result(timeout=15)
+    except Exception as exc:  # cleanup never fails a run
+        print(f"warning: could not delete topics of {settings.topic_prefix}: {exc}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLEDGER_") and k != "CLICKHOUSE_URL"}
+    env.update(
+        {
+            "AGENTLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "AGENTLEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            "AGENTLEDGER_WORKER_ID": settings.worker_id,
+            "AGENTLEDGER_SINK_GROUP": settings.sink_group,
+            "AGENTLEDGER_DATABASE": settings.database,
+            "AGENTLEDGER_CHDB_PATH": str(settings.chdb_path),
+            "AGENTLEDGER_PARTITIONS": str(settings.partitions),
+            "AGENTLEDGER_UNPRICED_POLICY": settings.unpriced_policy,
+            "AGENTLEDGER_WORKER_WEB_PORT": str(free_port()),
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+    )
+    if settings.session_token_cap is not None:
+        env["AGENTLEDGER_SESSION_TOKEN_CAP"] = str(settings.session_token_cap)
+    return env
+
+
+class Child:
+    """A subprocess (worker, sink) run from a scratch folder (faust writes `<id>-data` in its
+    working directory), with its output in a log file kept for a post-mortem."""
+
+    def __init__(self, name: str, argv: list[str], settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.cwd = Path(tempfile.mkdtemp(prefix=f"agentledger-bench-{name}-"))
+        self.log_path = self.cwd / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        env = settings_env(settings)
+        env.update(extra_env or {})
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise StageError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def hwm_kib(self) -> int | None:
+        return vm_hwm_kib(self.proc.pid)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+def start_worker(settings: Settings) -> Child:
+    """`python -m processors.worker` as deployed: exactly-once, configured by AGENTLEDGER_*."""
+    return Child("worker", [sys.executable, "-m", "processors.worker"], settings)

@@ -1,0 +1,357 @@
+"""Pipeline throughput: validate -> dedupe -> price -> budget (the worker), and on into chDB
+(the sink), against a bare confluent-kafka consume loop over the same topic in the same run.
+
+N events are produced to `cost-events` before anything consumes them. Then the worker
+(`python -m processors.worker`, exactly-once as deployed, with a session token cap so every
+event goes through the budget book) and the sink (bench/sink_proc.py, its own chDB folder)
+start together. Two readers in this process watch `priced-events`: read_uncommitted to see
+the first priced event written, read_committed to see the last one made visible.
+
+- worker events/s = N / (last priced event visible, read_committed - first priced event written)
+- end to end events/s = N / (last event in the warehouse's ledger - first priced event written)
+- baseline events/s = N / (last - first message) of a bare consume loop over `cost-events`
+
+Peak RSS (VmHWM) of both processes is read once the last event is in.
+
+    .venv/bin/python -m bench.pipeline [--events 50000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from agentledger.settings import Settings
+from bench.common import (
+    RESULTS,
+    Child,
+    StageError,
+    bench_settings,
+    cpu_seconds,
+    ensure_broker,
+    loadavg,
+    median,
+    schedstat,
+    start_worker,
+)
+from schemas.events import derive_event_id
+from schemas.topics import COST_EVENTS, PRICED_EVENTS
+
+# priced by genai-prices, so no event takes the unpriced path
+MODELS = (
+    ("openai", "gpt-4o"),
+    ("openai", "gpt-4o-mini"),
+    ("openai", "o3"),
+    ("anthropic", "claude-3-5-sonnet-latest"),
+    ("anthropic", "claude-3-5-haiku-latest"),
+)
+AGENT_TYPES = ("pr-reviewer", "support", "research", "coder")
+TEAMS = ("platform", "growth", "search", "infra", "billing")
+TOKEN_CAP_NEVER_REACHED = 100_000_000  # the schema's maximum
+
+
+def make_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
+    """(key, value) of n valid llm_call and tool_call events over n/20 sessions, as the hook
+    sends them (JSON, keyed by session id)."""
+    rng = random.Random(seed)
+    run = uuid.uuid4().hex[:8]
+    sessions = max(1, n // 20)
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    out = []
+    for i in range(n):
+        s = i % sessions
+        session_id = f"s-{run}-{s}"
+        step = i // sessions
+        event: dict[str, Any] = {
+            "schema_version": 1,
+            "occurred_at": now,
+            "session_id": session_id,
+            "workflow_id": session_id,
+            "step": step,
+            "agent_type": AGENT_TYPES[s % len(AGENT_TYPES)],
+            "team": TEAMS[s % len(TEAMS)],
+            "project": f"project-{s % 17}",
+            "customer": f"customer-{s % 41}",
+        }
+        if i % 10 == 9:
+            event.update(kind="tool_call", step_name="tool", tool_name="web_search", duration_ms=rng.randint(50, 3000))
+        else:
+            provider, model = MODELS[s % len(MODELS)]
+            event.update(
+                kind="llm_call",
+                step_name="llm",
+                provider=provider,
+                model=model,
+                input_tokens=int(rng.lognormvariate(7, 1)) + 1,
+                output_tokens=int(rng.lognormvariate(5.5, 1)) + 1,
+                cache_read_tokens=rng.choice((0, 0, 0, 512, 2048)),
+                latency_ms=rng.randint(200, 20_000),
+            )
+        event["event_id"] = derive_event_id(session_id, step, event["step_name"])
+        out.append((session_id.encode(), orjson.dumps(event)))
+    return out
+
+
+def produce_all(settings: Settings, records: list[tuple[bytes, bytes]]) -> float:
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "partitioner": "murmur2_random",  # as the hook
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    topic = settings.topic(COST_EVENTS.suffix)
+    started = time.perf_counter()
+    for key, value in records:
+        producer.produce(topic, value, key)
+        producer.poll(0)
+    if producer.flush(120):
+        raise StageError("pre-producing the events timed out")
+    return time.perf_counter() - started
+
+
+def _assigned(settings: Settings, topic: str, isolation: str) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",  # never joined: partitions assigned
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    meta = consumer.list_topics(topic, timeout=10)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.topics[topic].partitions])
+    return consumer
+
+
+def bare_consume(settings: Settings, n: int) -> dict[str, float]:
+    """The baseline: a confluent-kafka consumer group (as the worker is) reading the same N
+    events, touching each value; events/s from the first message to the last."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([settings.topic(COST_EVENTS.suffix)])
+    seen = 0
+    size = 0
+    first = last = 0.0
+    deadline = time.monotonic() + 120
+    try:
+        while seen < n:
+            if time.monotonic() > deadline:
+                raise StageError(f"bare consumer saw {seen} of {n} events in 120 s")
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                if not seen:
+                    first = time.perf_counter()
+                seen += 1
+                size += len(msg.value() or b"")
+            last = time.perf_counter()
+    finally:
+        consumer.close()
+    return {"events_per_s": round(n / (last - first)), "seconds": round(last - first, 3), "mean_bytes": size // n}
+
+
+class Watcher(threading.Thread):
+    """Counts priced events as they become readable at one isolation level."""
+
+    def __init__(self, settings: Settings, isolation: str, target: int) -> None:
+        super().__init__(daemon=True, name=f"watch-{isolation}")
+        self.consumer = _assigned(settings, settings.topic(PRICED_EVENTS.suffix), isolation)
+        self.target = target
+        self.seen = 0
+        self.first: float | None = None
+        self.done: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            batch = self.consumer.consume(2000, timeout=0.05)
+            now = time.time()
+            for msg in batch:
+                if msg.error():
+                    continue
+                self.seen += 1
+            if self.seen and self.first is None:
+                self.first = now
+            if self.seen >= self.target and self.done is None:
+                self.done = now
+        self.consumer.close()
+
+
+def changelog_records(settings: Settings) -> dict[str, int]:
+    """Records written to each of the worker's changelog topics (end offsets; each
+    transaction adds one commit marker per partition, so slightly over)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-offsets"})
+    try:
+        out = {}
+        for name, meta in consumer.list_topics(timeout=10).topics.items():
+            if name.startswith(f"{settings.worker_id}-") and name.endswith("-changelog"):
+                total = 0
+                for p in meta.partitions:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                    total += high - low
+                out[name.removeprefix(f"{settings.worker_id}-").removesuffix("-changelog")] = total
+        return out
+    finally:
+        consumer.close()
+
+
+def run_once(bootstrap: str, run_tag: str, n: int, *, profile: Path | None = None) -> dict[str, Any]:
+    with bench_settings(bootstrap, run_tag, "p", session_token_cap=TOKEN_CAP_NEVER_REACHED) as settings:
+        records = make_events(n)
+        produce_s = produce_all(settings, records)
+        bare = [bare_consume(settings, n) for _ in range(3)]
+
+        uncommitted = Watcher(settings, "read_uncommitted", n)
+        committed = Watcher(settings, "read_committed", n)
+        uncommitted.start()
+        committed.start()
+        sink_out = Path(f"/tmp/agentledger-bench-sink-{uuid.uuid4().hex[:8]}.json")
+        if profile is None:
+            worker = start_worker(settings)
+        else:
+            argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "processors.worker"]
+            worker = Child("worker", argv, settings)
+        sink = Child("sink", [sys.executable, "-m", "bench.sink_proc", str(n), str(sink_out)], settings)
+        started = time.time()
+        worker_hwm: int | None = None
+        cpu_at_first: tuple[Any, ...] | None = None
+        try:
+            deadline = time.monotonic() + max(180.0, n / 200)
+            while committed.done is None or not sink_out.exists():
+                if time.monotonic() > deadline:
+                    raise StageError(
+                        f"pipeline stalled: {uncommitted.seen} written, {committed.seen} visible, "
+                        f"sink done={sink_out.exists()}\nworker:\n{worker.tail()}\nsink:\n{sink.tail()}"
+                    )
+                worker.check_alive()
+                sink.check_alive()
+                if cpu_at_first is None and uncommitted.first is not None:
+                    cpu_at_first = (time.time(), cpu_seconds(worker.pid), cpu_seconds(sink.pid), schedstat(worker.pid))
+                time.sleep(0.05)
+            cpu_at_done = (time.time(), cpu_seconds(worker.pid), cpu_seconds(sink.pid), schedstat(worker.pid))
+            time.sleep(1.0)  # anything beyond N would be a duplicate
+            worker_hwm = worker.hwm_kib()
+            sink_result = json.loads(sink_out.read_text())
+        finally:
+            worker_rc = worker.stop()
+            sink_rc = sink.stop()
+            uncommitted.stop.set()
+            committed.stop.set()
+            uncommitted.join(5)
+            committed.join(5)
+            sink_out.unlink(missing_ok=True)
+        changelog = changelog_records(settings)
+        cpu: dict[str, Any] = {}
+        if cpu_at_first is not None:
+            wall = cpu_at_done[0] - cpu_at_first[0]
+            for i, name in ((1, "worker"), (2, "sink")):
+                a, b = cpu_at_first[i], cpu_at_done[i]
+                if a is not None and b is not None and wall > 0:
+                    cpu[f"{name}_cpu_us_per_event"] = round((b - a) / n * 1e6)
+                    cpu[f"{name}_cpu_utilisation"] = round((b - a) / wall, 2)
+            s0, s1 = cpu_at_first[3], cpu_at_done[3]
+            if s0 is not None and s1 is not None and wall > 0:
+                # the event loop's thread: running, runnable but waiting for a core, or asleep (I/O)
+                running, queued = s1[0] - s0[0], s1[1] - s0[1]
+                cpu["loop_thread_running"] = round(running / wall, 2)
+                cpu["loop_thread_waiting_for_cpu"] = round(queued / wall, 2)
+                cpu["loop_thread_idle"] = round(max(0.0, 1 - (running + queued) / wall), 2)
+        if profile is None:
+            worker.cleanup()
+        sink.cleanup()
+        assert uncommitted.first is not None and committed.done is not None
+        t0 = uncommitted.first
+        worker_s = committed.done - t0
+        e2e_s = sink_result["done_at"] - t0
+        return {
+            "events": n,
+            "produce_s": round(produce_s, 2),
+            "bare_consume": bare,
+            "bare_events_per_s": round(median([b["events_per_s"] for b in bare])),
+            "startup_s": round(t0 - started, 2),
+            "worker_events_per_s": round(n / worker_s),
+            "worker_s": round(worker_s, 2),
+            "worker_written_events_per_s": round(n / (uncommitted.done - t0)) if uncommitted.done else None,
+            "e2e_events_per_s": round(n / e2e_s),
+            "e2e_s": round(e2e_s, 2),
+            "priced_visible": committed.seen,
+            "priced_written": uncommitted.seen,
+            "exactly_n_visible": committed.seen == n,
+            "warehouse": {k: sink_result[k] for k in ("counts", "rollup_daily_calls", "batches")},
+            "cpu": cpu,
+            "changelog_records_per_event": {k: round(v / n, 2) for k, v in changelog.items()},
+            "worker_peak_rss_mib": round(worker_hwm / 1024, 1) if worker_hwm else None,
+            "sink_peak_rss_mib": round(sink_result["vm_hwm_kib"] / 1024, 1) if sink_result["vm_hwm_kib"] else None,
+            "worker_exit": worker_rc,
+            "sink_exit": sink_rc,
+            "loadavg": loadavg(),
+        }
+
+
+def run(bootstrap: str, run_tag: str, n: int, repeats: int = 1) -> dict[str, Any]:
+    """`repeats` runs, each with fresh topics; medians of the rates and peaks."""
+    runs = [run_once(bootstrap, run_tag, n) for _ in range(repeats)]
+
+    def med(key: str) -> float:
+        return median([r[key] for r in runs if r[key] is not None])
+
+    return {
+        "events": n,
+        "repeats": repeats,
+        "worker_events_per_s": round(med("worker_events_per_s")),
+        "e2e_events_per_s": round(med("e2e_events_per_s")),
+        "bare_events_per_s": round(med("bare_events_per_s")),
+        "worker_peak_rss_mib": med("worker_peak_rss_mib"),
+        "sink_peak_rss_mib": med("sink_peak_rss_mib"),
+        "exactly_n_visible": all(r["exactly_n_visible"] for r in runs),
+        "cpu": {
+            k: median([r["cpu"][k] for r in runs if k in r["cpu"]]) for k in sorted({k for r in runs for k in r["cpu"]})
+        },
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--profile", action="store_true", help="run the worker under cProfile")
+    args = parser.parse_args()
+    ensure_broker(args.bootstrap)
+    profile = RESULTS / "worker.prof" if args.profile else None
+    result = run_once(args.bootstrap, uuid.uuid4().hex[:6], args.events, profile=profile)
+    print(json.dumps(result, indent=2))
+    if profile is not None:
+        import pstats
+
+        stats = pstats.Stats(str(profile))
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(35)
+
+
+if __name__ == "__main__":
+    main()
