@@ -20,6 +20,7 @@ import genai_prices
 from genai_prices import Usage, calc_price
 
 from agentledger.settings import Settings
+from processors.price_cache import linear_price
 from processors.ratecard import RateCard, load_rate_card
 from schemas.events import CostEvent, EventKind, PricedEvent
 
@@ -92,6 +93,8 @@ def genai_usage(event: CostEvent) -> Usage:
 
 def _genai_price(event: CostEvent) -> _Price | None:
     assert event.model is not None
+    if (fast := linear_price(event.provider, event.model, event.occurred_at, _tokens_for(event))) is not None:
+        return _Price(fast.input_price, fast.output_price)
     try:
         calc = calc_price(
             genai_usage(event),
