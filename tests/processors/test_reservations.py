@@ -230,3 +230,24 @@ def test_downgrade_recommends_the_routed_model_and_graded_states():
     assert make_signal(limit, session_id="s1", now=T0, model="gpt-4o").recommended_model == "gpt-4o-mini"
     assert make_signal(limit, session_id="s1", now=T0, model="o3").recommended_model is None
     assert [a.rank for a in (Action.WARN, Action.DOWNGRADE, Action.PAUSE, Action.KILL)] == [0, 1, 2, 3]
+
+
+def test_reservations_count_in_wide_scopes_and_their_breach_reaches_every_session():
+    """A team budget seen through the scope records: reservations from several sessions add up."""
+    team = BudgetPolicy(policy_id="team", scope=(Scope.TEAM,), limit_cost=Decimal("1"), thresholds=(Decimal(1),))
+    book = BudgetBook()
+    got = []
+    for i, session in enumerate(["a", "b", "c", "d"]):
+        usage = Usage(reserve=f"r{i}", reserve_tokens=10, reserve_cost=Decimal("0.3"), expires_at_s=NOW_S + 600)
+        got += book.record_scope(team, "team=t1", T0, usage, now=T0, session_id=session)
+    assert [(c.at_limit, c.sessions, c.reserved_cost, c.spent_cost) for c in got] == [
+        (True, ("a", "b", "c", "d"), Decimal("1.2"), Decimal(0))
+    ]
+    # settling below the estimates keeps the state exact; the kill already sent stands (lifetime)
+    for i, session in enumerate(["a", "b", "c", "d"]):
+        book.record_scope(
+            team, "team=t1", T0, Usage(tokens=5, cost=Decimal("0.1"), release=f"r{i}"), now=T0, session_id=session
+        )
+    state = only_state(book)
+    assert (state.cost, state.tokens, state.reserved) == (Decimal("0.4"), 20, {})
+    assert {s: c for s, (_, c) in state.sessions.items()} == {s: Decimal("0.1") for s in "abcd"}
