@@ -71,6 +71,10 @@ class BudgetPolicy(Strict):
     )
     downgrade_to: Annotated[dict[Name, Name], Field(max_length=64)] = Field(default_factory=dict)
     """Routing map for `downgrade`: expensive model -> cheaper model."""
+    escalation: Annotated[dict[Action, Decimal], Field(max_length=3)] = Field(default_factory=dict)
+    """Milder actions before the limit, graded: action -> fraction of the limit (spend plus
+    reservations) at which it is sent, e.g. `{"warn": 0.5, "downgrade": 0.8}`; `action` applies
+    at the limit itself."""
     enabled: bool = True
 
     @model_validator(mode="after")
@@ -81,6 +85,12 @@ class BudgetPolicy(Strict):
             raise ValueError("scope names a dimension twice")
         if any(not (Decimal(0) < t <= Decimal(1)) for t in self.thresholds):
             raise ValueError("thresholds are fractions in (0, 1]")
+        steps = sorted(self.escalation.items(), key=lambda kv: kv[0].rank)
+        if any(a.rank >= self.action.rank for a, _ in steps):
+            raise ValueError("escalation lists only actions milder than the policy's action")
+        fractions = [f for _, f in steps]
+        if any(not (Decimal(0) < f < Decimal(1)) for f in fractions) or fractions != sorted(set(fractions)):
+            raise ValueError("escalation fractions are in (0, 1) and rise with the action")
         return self
 
 

@@ -226,14 +226,20 @@ class Crossing:
     sessions: tuple[str, ...] = ()
     top_sessions: tuple[tuple[str, int, Decimal], ...] = ()
     """Alerts: (session id, tokens, cost) of the biggest spenders, largest first."""
+    step: Action | None = None
+    """An escalation step before the limit (at `threshold`); None: the policy's action."""
 
     @property
     def at_limit(self) -> bool:
         return self.limit
 
     @property
+    def action(self) -> Action:
+        return self.step or self.policy.action
+
+    @property
     def signal_id(self) -> str:
-        return signal_id(self.policy.policy_id, self.scope_value, self.window_start, self.policy.action)
+        return signal_id(self.policy.policy_id, self.scope_value, self.window_start, self.action)
 
     @property
     def alert_id(self) -> str:
@@ -389,14 +395,22 @@ class BudgetBook:
             state.fired[t_key] = fired_in
             out.append(crossing(threshold, top_sessions=self._top(state, session_id)))
         res_tokens, res_cost = state.reserved_tokens, state.reserved_cost
+        extra: dict[str, Any] = {"limit": True, "reserved_tokens": res_tokens, "reserved_cost": res_cost}
+        everyone = tuple(state.sessions) if wide else ((session_id,) if session_id else ())
+        for step, fraction in sorted(policy.escalation.items(), key=lambda kv: kv[1]):
+            step_key = f"{ACTION_KEY}:{step.value}"
+            if not _reached(policy, fraction, spent_tokens + res_tokens, spent_cost + res_cost):
+                if rolling:
+                    state.fired.pop(step_key, None)
+            elif step_key not in state.fired:
+                state.fired[step_key] = fired_in
+                out.append(crossing(fraction, sessions=everyone, step=step, **extra))
         exposed = _reached(policy, ONE, spent_tokens + res_tokens, spent_cost + res_cost)
         if not exposed and rolling:
             state.fired.pop(ACTION_KEY, None)
         elif exposed:
-            extra = {"limit": True, "reserved_tokens": res_tokens, "reserved_cost": res_cost}
             if ACTION_KEY not in state.fired:
                 state.fired[ACTION_KEY] = fired_in
-                everyone = tuple(state.sessions) if wide else ((session_id,) if session_id else ())
                 out.append(crossing(ONE, sessions=everyone, **extra))
             elif wide and joined:
                 # a session that starts in a breached scope is refused at its first event
@@ -440,6 +454,7 @@ def make_signal(
 ) -> Signal:
     """The policy's action for one session; spent figures include open reservations."""
     policy = crossing.policy
+    action = crossing.action
     tokens = crossing.spent_tokens + crossing.reserved_tokens
     cost = crossing.spent_cost + crossing.reserved_cost
     what = []
@@ -447,16 +462,17 @@ def make_signal(
         what.append(f"{tokens}/{policy.limit_tokens} tokens")
     if policy.limit_cost is not None:
         what.append(f"${cost}/${policy.limit_cost}")
-    reason = f"budget {policy.policy_id} ({crossing.scope_value}, {policy.window.value}) reached: " + ", ".join(what)
+    where = "reached" if crossing.step is None else f"at {crossing.threshold:%} of its limit"
+    reason = f"budget {policy.policy_id} ({crossing.scope_value}, {policy.window.value}) {where}: " + ", ".join(what)
     if crossing.reserved_tokens or crossing.reserved_cost:
         reason += (
             f" (of which reserved by calls in flight: {crossing.reserved_tokens} tokens, ${crossing.reserved_cost})"
         )
-    recommended = policy.downgrade_to.get(model) if model and policy.action is Action.DOWNGRADE else None
+    recommended = policy.downgrade_to.get(model) if model and action is Action.DOWNGRADE else None
     return Signal(
         signal_id=crossing.signal_id,
         session_id=session_id,
-        action=policy.action,
+        action=action,
         policy_id=policy.policy_id,
         scope=policy.scope,
         scope_value=crossing.scope_value,

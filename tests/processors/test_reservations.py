@@ -16,6 +16,7 @@ from processors.budget import (
     event_time,
     make_alert,
     make_signal,
+    signal_id,
     usage_of,
 )
 from processors.pricing import price_event
@@ -251,3 +252,45 @@ def test_reservations_count_in_wide_scopes_and_their_breach_reaches_every_sessio
     state = only_state(book)
     assert (state.cost, state.tokens, state.reserved) == (Decimal("0.4"), 20, {})
     assert {s: c for s, (_, c) in state.sessions.items()} == {s: Decimal("0.1") for s in "abcd"}
+
+
+def test_one_policy_escalates_warn_downgrade_kill():
+    policy = BudgetPolicy(
+        policy_id="ladder",
+        scope=(Scope.SESSION,),
+        limit_tokens=100,
+        action=Action.KILL,
+        thresholds=(Decimal(1),),
+        escalation={Action.WARN: Decimal("0.5"), Action.DOWNGRADE: Decimal("0.8")},
+        downgrade_to={"gpt-4o": "gpt-4o-mini"},
+    )
+    book = BudgetBook()
+
+    def actions(tokens: int) -> list[tuple[Action, str | None, int]]:
+        got = [c for c in book.record([policy], attr(), T0, Usage(tokens=tokens), now=T0) if c.at_limit]
+        signals = [make_signal(c, session_id="s1", now=T0, model="gpt-4o") for c in got]
+        return [(s.action, s.recommended_model, s.spent_tokens) for s in signals]
+
+    assert actions(49) == []
+    assert actions(1) == [(Action.WARN, None, 50)]
+    assert actions(29) == []
+    # a reservation counts towards the next step too
+    got = book.record([policy], attr(), T0, reserve("r1", 1), now=T0)
+    assert [(c.action, c.spent_tokens, c.reserved_tokens) for c in got] == [(Action.DOWNGRADE, 79, 1)]
+    assert make_signal(got[0], session_id="s1", now=T0, model="gpt-4o").recommended_model == "gpt-4o-mini"
+    assert actions(30) == [(Action.KILL, None, 110)]
+    ids = {signal_id("ladder", "session=s1", None, a) for a in (Action.WARN, Action.DOWNGRADE, Action.KILL)}
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize(
+    "escalation",
+    [
+        {Action.KILL: Decimal("0.5")},  # not milder than the policy's kill
+        {Action.WARN: Decimal("0.8"), Action.DOWNGRADE: Decimal("0.5")},  # milder must come first
+        {Action.WARN: Decimal("1")},  # the limit belongs to the policy's action
+    ],
+)
+def test_escalation_must_be_graded(escalation):
+    with pytest.raises(ValueError, match="escalation"):
+        BudgetPolicy(policy_id="x", scope=(Scope.SESSION,), limit_tokens=1, escalation=escalation)
