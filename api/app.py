@@ -74,6 +74,7 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
                 app.state.admin.close()
             if app.state.producer is not None:
                 app.state.producer.close()
+                app.state.producer = None  # librdkafka's client lives as long as a reference does
             if owned:
                 wh.close()
 
