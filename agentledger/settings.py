@@ -7,6 +7,9 @@ selects the ClickHouse server adapter instead of the embedded chDB engine. The R
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -112,6 +115,26 @@ class Settings(BaseSettings):
 
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}{suffix}"
+
+    def environment(self, base: Mapping[str, str] | None = None, **overrides: object) -> dict[str, str]:
+        """The environment that makes a child process read exactly these settings.
+
+        `base` (default: this process's environment) is kept, minus every variable a setting
+        reads, so nothing of the parent's configuration leaks in; every field set here goes
+        out, so a new setting can never be forgotten. `overrides` replace fields by name.
+        """
+        env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _SETTING_VARIABLES}
+        values = self.model_dump(mode="json")
+        values.update(overrides)
+        for name, value in values.items():
+            if value is None:
+                continue
+            text = json.dumps(value) if isinstance(value, (bool, list, dict)) else str(value)
+            env["CLICKHOUSE_URL" if name == "clickhouse_url" else f"AGENTLEDGER_{name.upper()}"] = text
+        return env
+
+
+_SETTING_VARIABLES = frozenset({f"AGENTLEDGER_{name.upper()}" for name in Settings.model_fields} | {"CLICKHOUSE_URL"})
 
 
 @lru_cache(maxsize=1)

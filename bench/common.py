@@ -167,23 +167,8 @@ def delete_topics(settings: Settings) -> None:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLEDGER_") and k != "CLICKHOUSE_URL"}
-    env.update(
-        {
-            "AGENTLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "AGENTLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "AGENTLEDGER_WORKER_ID": settings.worker_id,
-            "AGENTLEDGER_SINK_GROUP": settings.sink_group,
-            "AGENTLEDGER_DATABASE": settings.database,
-            "AGENTLEDGER_CHDB_PATH": str(settings.chdb_path),
-            "AGENTLEDGER_PARTITIONS": str(settings.partitions),
-            "AGENTLEDGER_UNPRICED_POLICY": settings.unpriced_policy,
-            "AGENTLEDGER_WORKER_WEB_PORT": str(free_port()),
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
-    )
-    if settings.session_token_cap is not None:
-        env["AGENTLEDGER_SESSION_TOKEN_CAP"] = str(settings.session_token_cap)
+    env = settings.environment(worker_web_port=free_port())
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return env
 
 

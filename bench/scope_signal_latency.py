@@ -89,14 +89,7 @@ def main() -> None:
     )
     ensure_topics(settings)
     publish_policy(settings, BudgetPolicy(policy_id="team", scope=(Scope.TEAM,), limit_tokens=10_000))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLEDGER_")}
-    env |= {
-        "AGENTLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "AGENTLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "AGENTLEDGER_WORKER_ID": settings.worker_id,
-        "AGENTLEDGER_PARTITIONS": "3",
-        "AGENTLEDGER_WORKER_WEB_PORT": str(free_port()),
-    }
+    env = settings.environment(worker_web_port=free_port())
     log = tempfile.NamedTemporaryFile(prefix="scope-bench-", suffix=".log", delete=False)  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "-m", "processors.worker"], cwd=ROOT, env=env, stdout=log, stderr=log)
     producer = Producer(

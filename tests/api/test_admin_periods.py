@@ -289,14 +289,9 @@ def test_price_catalogue_under_the_rate_card(settings_factory, warehouse_factory
 
 def test_cli_close_and_reprice_on_the_warehouse(settings_factory, priced_event_factory, produce_priced, monkeypatch):
     settings = settings_factory(sink_batch_seconds=0.2)
-    for name, value in (
-        ("AGENTLEDGER_CHDB_PATH", str(settings.chdb_path)),
-        ("AGENTLEDGER_DATABASE", settings.database),
-        ("AGENTLEDGER_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
-        ("AGENTLEDGER_TOPIC_PREFIX", settings.topic_prefix),
-    ):
-        monkeypatch.setenv(name, value)
     monkeypatch.delenv("CLICKHOUSE_URL", raising=False)
+    for name, value in settings.environment(base={}).items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
         wh = ChdbWarehouse(settings.chdb_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,16 +19,7 @@ def test_run_sink_process_stops_cleanly_on_sigterm(settings_factory, priced_even
     settings = settings_factory(sink_batch_seconds=0.2)
     events = [priced_event_factory(cost="0.25") for _ in range(8)]
     produce_priced(settings, events)
-    env = {
-        **os.environ,
-        "AGENTLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "AGENTLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "AGENTLEDGER_SINK_GROUP": settings.sink_group,
-        "AGENTLEDGER_DATABASE": settings.database,
-        "AGENTLEDGER_CHDB_PATH": str(settings.chdb_path),
-        "AGENTLEDGER_SINK_BATCH_SECONDS": "0.2",
-    }
-    env.pop("CLICKHOUSE_URL", None)
+    env = settings.environment()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from agentledger.settings import Settings; from api.sink import run_sink; "
          "run_sink(Settings())"],

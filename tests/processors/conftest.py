@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -55,29 +54,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {
-        "AGENTLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "AGENTLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "AGENTLEDGER_WORKER_ID": settings.worker_id,
-        "AGENTLEDGER_PARTITIONS": str(settings.partitions),
-        "AGENTLEDGER_UNPRICED_POLICY": settings.unpriced_policy,
-        "AGENTLEDGER_WORKER_WEB_PORT": str(_free_port()),
-        "AGENTLEDGER_RESERVATION_TIMEOUT_S": str(settings.reservation_timeout_s),
-        "AGENTLEDGER_MAX_FUTURE_SKEW_S": str(settings.max_future_skew_s),
-        "AGENTLEDGER_LATE_GRACE_S": str(settings.late_grace_s),
-    }
-    if settings.session_token_cap is not None:
-        env["AGENTLEDGER_SESSION_TOKEN_CAP"] = str(settings.session_token_cap)
-    if settings.rate_card is not None:
-        env["AGENTLEDGER_RATE_CARD"] = str(settings.rate_card)
-    return env
-
-
 class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLEDGER_")}
-        env.update(settings_env(settings))
+        env = settings.environment(worker_web_port=_free_port())
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -186,15 +185,7 @@ def test_the_cli_command_delivers_and_stops_on_sigterm(
 ) -> None:
     settings = webhook_settings(settings_factory, receiver, ("/cli", "slack"))
     produce_alerts(settings, [make_alert("al-cli")])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLEDGER_")}
-    env.update(
-        {
-            "AGENTLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "AGENTLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "AGENTLEDGER_ALERT_WEBHOOKS": orjson.dumps([w.model_dump() for w in settings.alert_webhooks]).decode(),
-            "AGENTLEDGER_ALERT_ALLOW_PRIVATE_DESTINATIONS": "true",
-        }
-    )
+    env = settings.environment()
     log_path = tmp_path / "dispatcher.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
