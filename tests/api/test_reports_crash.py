@@ -12,27 +12,13 @@ from api.migrations import migrate
 from api.sink import LEDGER_COLUMNS, Sink, SinkError, first_seen, priced_event_row
 from api.warehouse import WarehouseError
 from tests.api.conftest import SinkThread, wait_caught_up
-from tests.api.test_reports_pipeline import delete_topics, rollup_sums
+from tests.api.test_reports_pipeline import rollup_sums
 
 pytestmark = pytest.mark.integration
 
 
 class Crash(Exception):
     pass
-
-
-@pytest.fixture
-def settings_factory(settings_factory):
-    """The shared factory, with each test's topics deleted afterwards."""
-    made = []
-
-    def make(**overrides):
-        made.append(settings_factory(**overrides))
-        return made[-1]
-
-    yield make
-    for settings in made:
-        delete_topics(settings)
 
 
 def _replay(settings, wh) -> Sink:

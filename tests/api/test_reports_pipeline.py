@@ -31,6 +31,7 @@ from api.sink import Sink
 from api.warehouse.chdb import ChdbWarehouse
 from schemas.events import CostEvent, EventKind, PricedEvent, derive_event_id
 from tests.api.conftest import SinkThread, wait_caught_up
+from tests.conftest import delete_test_topics
 
 pytestmark = pytest.mark.integration
 
@@ -143,20 +144,6 @@ class Loaded:
     late_sink: Sink
 
 
-def delete_topics(settings: Settings) -> None:
-    """Best effort: drop the topics of this prefix, so the shared broker's small heap does
-    not fill up with partitions over many runs."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    try:
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
-        for future in (admin.delete_topics(names, operation_timeout=10) if names else {}).values():
-            future.result(timeout=15)
-    except Exception:  # cleanup must never fail a test
-        pass
-
-
 def _produce(settings: Settings, items: list[PricedEvent]) -> None:
     from confluent_kafka import Producer
 
@@ -230,7 +217,7 @@ def loaded(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         state.client = client
         yield state
     wh.close()
-    delete_topics(settings)
+    delete_test_topics(settings)
 
 
 def _get(loaded: Loaded, path: str, headers: dict[str, str] | None = None, **params: Any) -> dict[str, Any]:
