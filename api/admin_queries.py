@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.errors import InvalidParameter
-from api.queries import deduplicated
+from api.queries import CALLS, CHARGED, deduplicated
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2261, 12, 31, tzinfo=UTC)
@@ -29,11 +29,11 @@ def utc_in_range(value: datetime | None, field: str) -> datetime | None:
 
 
 SESSION_STATES = ("active", "warned", "downgraded", "paused", "killed")
-_SPEND_COLUMNS = ("session_id", "team", "cost", "list_cost", "input_tokens", "output_tokens", "occurred_at")
+_SPEND_COLUMNS = ("session_id", "team", "kind", "cost", "list_cost", "input_tokens", "output_tokens", "occurred_at")
 
 
 def _spend_where(session_id: str | None, team: str | None, params: dict[str, Any]) -> str:
-    conditions = ["kind != 'call_started'"]
+    conditions = [CHARGED]
     if session_id is not None:
         conditions.append("session_id = {session_id:String}")
         params["session_id"] = session_id
@@ -48,7 +48,7 @@ def session_spend_query(database: str, session_id: str, team: str | None) -> tup
     params: dict[str, Any] = {"database": database}
     where = _spend_where(session_id, team, params)
     sql = (
-        "SELECT count() AS calls, sum(cost) AS cost, sum(list_cost) AS list_cost, "
+        f"SELECT {CALLS} AS calls, sum(cost) AS cost, sum(list_cost) AS list_cost, "
         "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
         "min(occurred_at) AS first_event_at, max(occurred_at) AS last_event_at, "
         "arraySort(groupUniqArray(team)) AS teams "
@@ -87,7 +87,7 @@ def sessions_query(
     params: dict[str, Any] = {"database": database, "limit": limit, "offset": offset}
     where = _spend_where(None, team, params)
     spend = (
-        "SELECT session_id, sum(cost) AS cost, count() AS calls, max(occurred_at) AS last_event_at "
+        f"SELECT session_id, sum(cost) AS cost, {CALLS} AS calls, max(occurred_at) AS last_event_at "
         f"FROM ({deduplicated('database', _SPEND_COLUMNS, where)}) GROUP BY session_id"
     )
     status = (

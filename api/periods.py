@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from api.errors import InvalidParameter
-from api.queries import DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, parse_group_by
+from api.queries import CALLS, CHARGED, DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, parse_group_by
 from api.warehouse import Warehouse
 from schemas.events import utcnow
 
@@ -136,7 +136,7 @@ def period_report_query(
     group_by = parse_group_by(list(group_by))
     condition, params = billing_condition(period, closes)
     params["database"] = database
-    conditions = ["kind != 'call_started'", condition]
+    conditions = [CHARGED, condition]
     for i, (name, value) in enumerate(sorted((filters or {}).items())):
         if name not in DIMENSIONS or name == "day":
             raise InvalidParameter(f"cannot filter on {name!r}", field=name)
@@ -159,9 +159,10 @@ def period_report_query(
     select += [f"sum({m}) AS {m}" for m in MONEY_MEASURES]
     select += [f"sum({t}) AS {t}" for t in TOKEN_MEASURES]
     select += [
-        "count() AS calls",
+        f"{CALLS} AS calls",
         "sumIf(raw_cost, toStartOfMonth(occurred_at) != {bp_period:Date}) AS carried_over_cost",
-        "countIf(toStartOfMonth(occurred_at) != {bp_period:Date}) AS carried_over_calls",
+        "countIf(kind IN ('llm_call', 'tool_call') AND toStartOfMonth(occurred_at) != {bp_period:Date}) "
+        "AS carried_over_calls",
         "sumIf(raw_cost, kind = 'adjustment') AS adjustment_cost",
     ]
     sql = f"SELECT {', '.join(select)} FROM ({inner})"

@@ -38,6 +38,10 @@ DIMENSIONS: Mapping[str, Dimension] = {
 
 MONEY_MEASURES = ("cost", "list_cost")
 TOKEN_MEASURES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+CHARGED = "kind != 'call_started'"
+"""Rows that are spend: a reservation (call_started) is an estimate; the event that settles it is charged."""
+CALLS = "countIf(kind IN ('llm_call', 'tool_call'))"
+"""What every report counts as calls: LLM and tool calls, never aborts or adjustments."""
 
 
 def parse_group_by(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -89,8 +93,7 @@ def chargeback_query(
             raise InvalidParameter(f"cannot filter on {name!r}", field=name)
 
     params: dict[str, Any] = {"database": database}
-    # A reservation (call_started) is an estimate, not spend: the event that settles it is charged.
-    conditions = ["kind != 'call_started'"]
+    conditions = [CHARGED]
     if start is not None:
         conditions.append("occurred_at >= {start:DateTime64(6, 'UTC')}")
         params["start"] = start
@@ -106,12 +109,12 @@ def chargeback_query(
     for name in group_by:
         if DIMENSIONS[name].column not in columns:
             columns.append(DIMENSIONS[name].column)
-    columns += [*MONEY_MEASURES, *TOKEN_MEASURES]
+    columns += ["kind", *MONEY_MEASURES, *TOKEN_MEASURES]
 
     select = [f"{DIMENSIONS[name].expr} AS {name}" for name in group_by]
     select += [f"sum({m}) AS {m}" for m in MONEY_MEASURES]
     select += [f"sum({t}) AS {t}" for t in TOKEN_MEASURES]
-    select.append("count() AS calls")
+    select.append(f"{CALLS} AS calls")
     sql = f"SELECT {', '.join(select)} FROM ({deduplicated('database', columns, where)})"
     if group_by:
         keys = ", ".join(group_by)
@@ -197,7 +200,7 @@ def _where(
 ) -> str:
     conditions = []
     if source == LEDGER:
-        conditions.append("kind != 'call_started'")  # a reservation is an estimate, not spend
+        conditions.append(CHARGED)
     column, type_ = _TIME_COLUMN[source], _TIME_PARAM_TYPE[source]
     for name, bound, op in (("start", start, ">="), ("end", end, "<")):
         if bound is None:
@@ -241,7 +244,7 @@ def report_query(
     where = _where(source, start, end, filters, params)
     select = [f"{_TIME_EXPR[source][g] if g in TIME_GRAINS else g} AS {g}" for g in group_by]
     select += [f"sum({m}) AS {m}" for m in (*MONEY_MEASURES, *TOKEN_MEASURES)]
-    select.append("count() AS calls" if source == LEDGER else "sum(calls) AS calls")
+    select.append(f"{CALLS} AS calls" if source == LEDGER else "sum(calls) AS calls")
     sql = f"SELECT {', '.join(select)} FROM {{database:Identifier}}.{_TABLE[source]}{where}"
     if group_by:
         sql += f" GROUP BY {', '.join(group_by)}"
@@ -281,13 +284,44 @@ def session_events_query(
     return sql, params
 
 
+ROLLUP_TIME_KEYS: Mapping[str, tuple[str, str]] = {
+    HOURLY: ("hour", "toStartOfHour(occurred_at)"),
+    DAILY: ("day", "toDate(occurred_at)"),
+}
+"""Each rollup table: its time column and that column's expression over the ledger."""
+
+
+def rollup_insert(
+    database: str, table: str, ledger_token: str, *, dedup_token: str | None
+) -> tuple[str, dict[str, Any]]:
+    """(sql, params): roll the ledger rows written under `ledger_token` up into `table`.
+
+    With `dedup_token` the engine drops a second insert carrying it (the sink's replays);
+    `ledger_token` '' selects rows written without one (a bulk load)."""
+    time_key, time_expr = ROLLUP_TIME_KEYS[table]
+    keys = ", ".join(ROLLUP_ATTRIBUTES)
+    sums = [*MONEY_MEASURES, *TOKEN_MEASURES]
+    params: dict[str, Any] = {"database": database, "ledger_token": ledger_token}
+    settings = ""
+    if dedup_token is not None:
+        settings = " SETTINGS insert_deduplication_token = {dedup_token:String}"
+        params["dedup_token"] = dedup_token
+    sql = (
+        f"INSERT INTO {{database:Identifier}}.{table} ({time_key}, {keys}, {', '.join(sums)}, calls){settings} "
+        f"SELECT {time_expr} AS {time_key}, {keys}, {', '.join(f'sum({m}) AS {m}' for m in sums)}, {CALLS} AS calls "
+        f"FROM {{database:Identifier}}.event_ledger WHERE ledger_token = {{ledger_token:String}} AND {CHARGED} "
+        f"GROUP BY {time_key}, {keys}"
+    )
+    return sql, params
+
+
 def rollup_drift_query(database: str) -> tuple[str, dict[str, Any]]:
-    """Ledger minus each rollup, in cost and calls: all zero unless a view insert was lost."""
+    """Ledger minus each rollup, in cost and calls: all zero unless a rollup insert was lost."""
     sql = (
         "SELECT l.cost - h.cost AS hourly_cost_drift, l.calls - h.calls AS hourly_calls_drift, "
         "l.cost - d.cost AS daily_cost_drift, l.calls - d.calls AS daily_calls_drift FROM "
-        "(SELECT sum(cost) AS cost, toInt64(count()) AS calls FROM {database:Identifier}.event_ledger "
-        "WHERE kind != 'call_started') AS l, "
+        f"(SELECT sum(cost) AS cost, toInt64({CALLS}) AS calls FROM {{database:Identifier}}.event_ledger "
+        f"WHERE {CHARGED}) AS l, "
         "(SELECT sum(cost) AS cost, toInt64(sum(calls)) AS calls FROM {database:Identifier}.rollup_hourly) AS h, "
         "(SELECT sum(cost) AS cost, toInt64(sum(calls)) AS calls FROM {database:Identifier}.rollup_daily) AS d"
     )

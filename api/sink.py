@@ -8,24 +8,27 @@ and commit the same records are read again: the same chunk gets the same token a
 engine drops it; should the chunk come out different, reports still count each event_id
 once (they deduplicate in the query), so no total doubles.
 
-After each chunk lands in `priced_events`, its first-seen events go to `event_ledger`, whose
-inserts feed the summing rollups through materialized views: the chunk's event_ids are looked
-up in the ledger and only unseen ones (first occurrence within the chunk) are inserted, with
-the chunk's token + ":ledger" (covering the views' blocks too). A duplicate arriving later,
-in another batch at other offsets, is found and skipped; a replay after a crash finds the
-whole chunk and inserts nothing. Duplicates share the session key, so one partition (one
-sink) sees them all. Not covered: a process killed inside the ledger INSERT after the
-ledger part is written but before the views' parts are (ClickHouse does not make a table
-and its views atomic); `rollup_drift_query` in api.queries finds such a gap.
+After each chunk lands in `priced_events`, its first-seen events go to `event_ledger`: the
+chunk's event_ids are looked up in the ledger and only unseen ones (first occurrence within
+the chunk) are inserted, each row carrying the insert's `ledger_token`. A duplicate arriving
+later, in another batch at other offsets, is found and skipped. The sink then rolls the rows
+of that token up into `rollup_hourly` and `rollup_daily` (one INSERT ... SELECT each, under a
+deduplication token) and records the token in `ledger_rollups`. Each step is idempotent, so a
+process killed anywhere in between is repaired by the replay: it finds the ledger rows that an
+earlier attempt at the same offsets wrote and rolls up each of their tokens not yet recorded
+(a rollup block that had landed is dropped by the engine as a repeat). Duplicates share the
+session key, so one partition (one sink) sees them all.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import signal
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -35,12 +38,14 @@ from agentledger.kafka_admin import ensure_topics
 from agentledger.settings import Settings
 from api import metrics
 from api.migrations import migrate
+from api.queries import ROLLUP_TIME_KEYS, rollup_insert
 from api.warehouse import Warehouse, WarehouseError, open_warehouse
 from schemas import codec
 from schemas.events import MAX_EVENT_BYTES, DeadLetter, PricedEvent, utcnow
 from schemas.topics import COST_EVENTS_DLQ, PRICED_EVENTS, topic_name
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 PRICED_EVENT_COLUMNS: tuple[str, ...] = (
     "event_id", "schema_version", "kind", "occurred_at", "received_at", "priced_at",
@@ -107,6 +112,15 @@ def first_seen(rows: Sequence[tuple[Any, ...]], known: set[str]) -> list[tuple[A
 
 def dedup_token(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
     return f"{topic}:{partition}:{first_offset}:{last_offset}"
+
+
+def ledger_token_of(chunk_token: str, fresh: Sequence[tuple[Any, ...]]) -> str:
+    """The token of one ledger insert: its chunk's, and a digest of the events it writes.
+
+    A replay that finds part of an earlier insert landed writes the rest under another token,
+    never under one the engine would drop as a repeat."""
+    digest = hashlib.sha256("\n".join(row[0] for row in fresh).encode()).hexdigest()[:16]
+    return f"{chunk_token}:ledger:{digest}"
 
 
 def aligned_chunks(
@@ -208,12 +222,12 @@ class Sink:
 
     # -- warehouse ---------------------------------------------------------------------------
 
-    def _with_retries(self, action: Any) -> None:
+    def _with_retries(self, action: Callable[[], T]) -> T:
         delay = 0.1
         while True:
             started = time.perf_counter()
             try:
-                action()
+                result = action()
             except WarehouseError as exc:
                 if not exc.retryable:
                     raise SinkError(f"insert failed, not retryable: {exc}") from exc
@@ -224,10 +238,11 @@ class Sink:
                 delay = min(delay * 2, 5.0)
                 continue
             metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
-            return
+            return result
 
     def _insert(self, partition: int, chunk: list[tuple[int, tuple[Any, ...]]]) -> None:
-        token = dedup_token(self.topic, partition, chunk[0][0], chunk[-1][0])
+        first, last = chunk[0][0], chunk[-1][0]
+        token = dedup_token(self.topic, partition, first, last)
         rows = [row for _, row in chunk]
         database = self.settings.database
         self._with_retries(
@@ -237,21 +252,61 @@ class Sink:
         self.batches += 1
         metrics.SINK_ROWS.inc(len(rows))
         metrics.SINK_BATCHES.inc()
-        self._with_retries(lambda: self._insert_ledger(rows, token + ":ledger"))
+        tokens = self._with_retries(lambda: self._insert_ledger(rows, token, partition, first, last))
+        for ledger_token in sorted(tokens):
+            self._with_retries(functools.partial(self._roll_up, ledger_token))
 
-    def _insert_ledger(self, rows: list[tuple[Any, ...]], token: str) -> None:
+    def _insert_ledger(
+        self, rows: list[tuple[Any, ...]], token: str, partition: int, first: int, last: int
+    ) -> set[str]:
+        """Insert the chunk's first-seen events; the ledger tokens whose rollups may be missing."""
         ids = sorted({row[0] for row in rows})
         found = self.warehouse.query(
-            "SELECT DISTINCT event_id FROM {db:Identifier}.event_ledger WHERE event_id IN {ids:Array(String)}",
+            "SELECT event_id, ledger_token, kafka_topic, kafka_partition, kafka_offset "
+            "FROM {db:Identifier}.event_ledger WHERE event_id IN {ids:Array(String)}",
             {"db": self.settings.database, "ids": ids},
         )
+        # rows an earlier attempt at these very offsets wrote: a replay after a crash
+        replayed = {
+            r["ledger_token"]
+            for r in found
+            if r["ledger_token"]
+            and r["kafka_topic"] == self.topic
+            and r["kafka_partition"] == partition
+            and first <= r["kafka_offset"] <= last
+        }
+        tokens = replayed - self._rolled_up(replayed)
         fresh = first_seen(rows, {r["event_id"] for r in found})
         skipped = len(rows) - len(fresh)
         if fresh:
-            self.warehouse.insert(self.settings.database, "event_ledger", LEDGER_COLUMNS, fresh, dedup_token=token)
+            ledger_token = ledger_token_of(token, fresh)
+            self.warehouse.insert(
+                self.settings.database,
+                "event_ledger",
+                (*LEDGER_COLUMNS, "ledger_token"),
+                [(*row, ledger_token) for row in fresh],
+                dedup_token=ledger_token,
+            )
+            tokens.add(ledger_token)
         self.ledger_rows += len(fresh)
         self.duplicates_skipped += skipped
         metrics.SINK_DUPLICATES.inc(skipped)
+        return tokens
+
+    def _rolled_up(self, tokens: set[str]) -> set[str]:
+        if not tokens:
+            return set()
+        rows = self.warehouse.query(
+            "SELECT DISTINCT ledger_token FROM {db:Identifier}.ledger_rollups WHERE ledger_token IN {t:Array(String)}",
+            {"db": self.settings.database, "t": sorted(tokens)},
+        )
+        return {r["ledger_token"] for r in rows}
+
+    def _roll_up(self, ledger_token: str) -> None:
+        database = self.settings.database
+        for table in ROLLUP_TIME_KEYS:
+            self.warehouse.command(*rollup_insert(database, table, ledger_token, dedup_token=f"{ledger_token}:{table}"))
+        self.warehouse.insert(database, "ledger_rollups", ("ledger_token",), [(ledger_token,)])
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         assert self._consumer is not None

@@ -3,7 +3,7 @@
 Its own process so that its peak RSS (VmHWM) is the sink's and nothing else's, and so that
 it does not share a GIL with the benchmark's readers. Configured by AGENTLEDGER_* like the
 real one; writes one JSON file when `target` events are in the warehouse (priced_events and
-event_ledger, which feeds the rollups), then keeps running until SIGTERM.
+event_ledger; the sink then rolls it up), then keeps running until SIGTERM.
 
     python -m bench.sink_proc TARGET RESULT.json
 """

@@ -172,7 +172,7 @@ def session_detail(
     sums: dict[str, Any] = {
         "cost": sum((Decimal(r["cost"]) for r in charged), Decimal(0)),
         "list_cost": sum((Decimal(r["list_cost"]) for r in charged), Decimal(0)),
-        "calls": len(charged),
+        "calls": sum(1 for r in charged if r["kind"] in ("llm_call", "tool_call")),
     }
     for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
         sums[t] = sum(int(r[t]) for r in charged)

@@ -129,12 +129,7 @@ class ChdbWarehouse:
         cols = ", ".join(f"`{check_identifier(c)}`" for c in columns)
         sql = f"INSERT INTO `{check_identifier(database)}`.`{check_identifier(table)}` ({cols})"
         if dedup_token is not None:
-            # The token also covers the blocks materialized views derive from this one (the
-            # rollups): explicit, as older ClickHouse servers default it to off.
-            sql += (
-                f" SETTINGS insert_deduplication_token = '{check_dedup_token(dedup_token)}',"
-                " deduplicate_blocks_in_dependent_materialized_views = 1"
-            )
+            sql += f" SETTINGS insert_deduplication_token = '{check_dedup_token(dedup_token)}'"
         body = encode_json_each_row(columns, rows)
         if self._closed:
             raise WarehouseError("warehouse is closed")

@@ -64,7 +64,6 @@ class ClickHouseWarehouse:
         settings = {}
         if dedup_token is not None:
             settings["insert_deduplication_token"] = check_dedup_token(dedup_token)
-            settings["deduplicate_blocks_in_dependent_materialized_views"] = "1"
         try:
             self._client.insert(
                 check_identifier(table),
