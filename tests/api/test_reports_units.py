@@ -101,7 +101,11 @@ def test_report_sql_binds_every_value():
     )
     assert params == {"database": "db_x", "start": start.date(), "end": end.date(), "f0": "m", "f1": nasty}
     sql, params, source = report_query("db_x", ("session_id",), None, None, {}, order_by_cost=True, limit=5)
-    assert source == "ledger" and "countIf(kind IN ('llm_call', 'tool_call')) AS calls" in sql and "kind != 'call_started'" in sql
+    assert (
+        source == "ledger"
+        and "countIf(kind IN ('llm_call', 'tool_call')) AS calls" in sql
+        and "kind != 'call_started'" in sql
+    )
     assert sql.endswith("ORDER BY cost DESC, session_id LIMIT {limit:UInt32}") and params["limit"] == 5
     with pytest.raises(InvalidParameter):
         report_query("db_x", ("team",), filters={"tags['x']": "1"})
