@@ -7,7 +7,9 @@ github.com/FinOps-Open-Cost-and-Usage-Spec/FOCUS_Spec (tag v1.2), cross-checked 
 Microsoft's FocusCost 1.2 dataset metadata (learn.microsoft.com/cloud-computing/finops/focus/metadata).
 
 One FOCUS row per UTC day (ChargePeriod) x team x project x customer x agent type x provider x
-model x tool x currency (x session when asked). agentledger is the invoice issuer of an
+model x tool x currency (x session when asked). With shared cost distributed
+(`unallocated=proportional|even`), rows without a team (or the chosen dimension) are split
+over the teams exactly as in the JSON report; `x_AllocatedCost` says how much of a row came so. agentledger is the invoice issuer of an
 internal chargeback; the LLM provider is ProviderName/PublisherName. Custom columns carry the
 `x_` prefix the spec reserves for them.
 """
@@ -125,6 +127,8 @@ EXTENSION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("x_Team", "String"),
     ("x_Project", "String"),
     ("x_Customer", "String"),
+    ("x_Allocation", "String"),
+    ("x_AllocatedCost", "Decimal"),
 )
 COLUMNS: tuple[str, ...] = tuple(c.name for c in FOCUS_1_2_COLUMNS) + tuple(n for n, _ in EXTENSION_COLUMNS)
 
@@ -138,7 +142,7 @@ _ARROW = {"Decimal": MONEY_TYPE, "String": pa.string(), "JSON": pa.string(), "Da
 
 def arrow_types() -> dict[str, pa.DataType]:
     types = {c.name: _ARROW[c.type] for c in FOCUS_1_2_COLUMNS}
-    types.update({n: pa.int64() if t == "int" else pa.string() for n, t in EXTENSION_COLUMNS})
+    types.update({n: {"int": pa.int64(), "Decimal": MONEY_TYPE}.get(t, pa.string()) for n, t in EXTENSION_COLUMNS})
     return types
 
 
@@ -230,6 +234,10 @@ def focus_row(row: Mapping[str, Any], *, billing_account: str) -> dict[str, Any]
             "x_Team": team,
             "x_Project": project,
             "x_Customer": customer,
+            # with shared cost distributed: "direct", and the part of BilledCost that came from
+            # rows without a value in the allocation dimension
+            "x_Allocation": row.get("allocation"),
+            "x_AllocatedCost": row.get("allocated_cost"),
         }
     )
     return out

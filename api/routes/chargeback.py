@@ -298,10 +298,15 @@ def focus_export(
     filters: dict[str, str],
     with_sessions: bool,
     fmt: str,
+    unallocated: Mode = "report",
+    allocate_by: str = "team",
 ) -> Response:
     group_by = focus.GROUP_BY + (("session_id",) if with_sessions else ())
     sql, params, _source = report_query(database, group_by, start, end, filters)
-    df = frame(focus.focus_rows(warehouse.query(sql, params)), focus.COLUMNS)
+    rows = warehouse.query(sql, params)
+    if unallocated != "report":
+        rows = allocate(rows, group_by, allocate_by, unallocated, MONEY_MEASURES, (*TOKEN_MEASURES, "calls"))
+    df = frame(focus.focus_rows(rows), focus.COLUMNS)
     if fmt == "focus":
         return file_response(to_csv(df), "focus", "focus-1.2")
     return file_response(to_parquet(df, focus.arrow_types()), "focus_parquet", "focus-1.2")
@@ -339,7 +344,21 @@ def chargeback(
     where = restricted(key, filters.as_dict())
     state = request.app.state
     if fmt in ("focus", "focus_parquet"):
-        return focus_export(state.warehouse, state.settings.database, start, end, where, "session_id" in dims, fmt)
+        with_sessions = "session_id" in dims
+        try:
+            return focus_export(
+                state.warehouse,
+                state.settings.database,
+                start,
+                end,
+                where,
+                with_sessions,
+                fmt,
+                unallocated,
+                allocate_by,
+            )
+        except AllocationError as exc:
+            raise InvalidParameter(str(exc), field="unallocated") from exc
     if unallocated != "report" and allocate_by not in dims:
         raise InvalidParameter(f"unallocated={unallocated} needs {allocate_by!r} in group_by", field="allocate_by")
     assert allocate_by in ALLOCATABLE

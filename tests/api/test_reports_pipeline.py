@@ -444,6 +444,30 @@ def test_focus_parquet_and_csv_validate_against_the_spec_list(loaded):
     assert sum(Decimal(str(v)) for v in parsed.column("x_Calls").to_pylist()) == len(CHARGED)
 
 
+def test_focus_distributes_shared_cost_like_the_report(loaded):
+    total = sum((e.cost for e in CHARGED), Decimal(0))
+    unalloc = expected(("team",))[(None,)]["cost"]
+    assert unalloc > 0  # the data has cost without a team
+    response = loaded.client.get(
+        "/v1/chargeback", params={"format": "focus_parquet", "unallocated": "proportional"}, headers=loaded.admin
+    )
+    assert response.status_code == 200
+    table = pq.read_table(io.BytesIO(response.content))
+    _check_focus(table)
+    rows = table.to_pylist()
+    assert all(r["x_Team"] is not None and r["SubAccountId"] == r["x_Team"] for r in rows)
+    assert {r["x_Allocation"] for r in rows} == {"direct"}
+    assert sum(r["BilledCost"] for r in rows) == total
+    assert sum(r["x_AllocatedCost"] for r in rows) == unalloc
+    assert sum(r["x_Calls"] for r in rows) == len(CHARGED)
+    # per team, the same parts as the JSON report's distribution
+    report = _get(loaded, "/v1/chargeback", group_by="team", unallocated="proportional")
+    by_team: dict[str, Decimal] = defaultdict(Decimal)
+    for r in rows:
+        by_team[r["x_Team"]] += r["BilledCost"]
+    assert {t: Decimal(r["cost"]) for t, r in ((r["group"]["team"], r) for r in report["rows"])} == by_team
+
+
 # -- the other reports -------------------------------------------------------------------------
 
 
