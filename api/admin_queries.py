@@ -48,7 +48,7 @@ def session_spend_query(database: str, session_id: str, team: str | None) -> tup
     params: dict[str, Any] = {"database": database}
     where = _spend_where(session_id, team, params)
     sql = (
-        f"SELECT {CALLS} AS calls, sum(cost) AS cost, sum(list_cost) AS list_cost, "
+        f"SELECT {CALLS} AS calls, count() AS events, sum(cost) AS cost, sum(list_cost) AS list_cost, "
         "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
         "min(occurred_at) AS first_event_at, max(occurred_at) AS last_event_at, "
         "arraySort(groupUniqArray(team)) AS teams "
@@ -87,7 +87,7 @@ def sessions_query(
     params: dict[str, Any] = {"database": database, "limit": limit, "offset": offset}
     where = _spend_where(None, team, params)
     spend = (
-        f"SELECT session_id, sum(cost) AS cost, {CALLS} AS calls, max(occurred_at) AS last_event_at "
+        f"SELECT session_id, sum(cost) AS cost, {CALLS} AS calls, count() AS events, max(occurred_at) AS last_event_at "
         f"FROM ({deduplicated('database', _SPEND_COLUMNS, where)}) GROUP BY session_id"
     )
     status = (
@@ -97,7 +97,7 @@ def sessions_query(
     join = "LEFT JOIN" if team is not None else "FULL OUTER JOIN"
     sql = (
         "SELECT session_id, if(st.state = '', 'active', st.state) AS state, sp.cost AS cost, sp.calls AS calls, "
-        "if(sp.calls = 0, NULL, sp.last_event_at) AS last_event_at, "
+        "if(sp.events = 0, NULL, sp.last_event_at) AS last_event_at, "
         "if(st.state = '', NULL, st.status_at) AS status_updated_at "
         f"FROM ({spend}) AS sp {join} ({status}) AS st USING session_id"
     )

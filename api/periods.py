@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from api.errors import InvalidParameter
-from api.queries import CALLS, CHARGED, DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, parse_group_by
+from api.queries import CALLS, CHARGED, DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, Dimension, parse_group_by
 from api.warehouse import Warehouse
 from schemas.events import utcnow
 
@@ -123,6 +123,15 @@ def billing_condition(period: date, closes: Sequence[PeriodClose]) -> tuple[str,
     return "(" + " OR ".join(parts) + ")", params
 
 
+PERIOD_DIMENSIONS: Mapping[str, Dimension] = {
+    **DIMENSIONS,
+    "currency": Dimension("currency", "currency"),
+    "charge_category": Dimension("kind", "if(kind = 'adjustment', 'Adjustment', 'Usage')"),
+}
+"""What a billing period's report can be grouped by: the report dimensions, the currency, and
+`charge_category` (FOCUS's: `Adjustment` for adjustment events, else `Usage`)."""
+
+
 def period_report_query(
     database: str,
     period: date,
@@ -133,7 +142,7 @@ def period_report_query(
     """Chargeback of one billing period from the ledger: cost, list cost, tokens and calls
     per group, plus what was carried over from closed months and what adjustment events
     add. One row per event_id (the first seen); reservations (call_started) are not spend."""
-    group_by = parse_group_by(list(group_by))
+    group_by = parse_group_by(list(group_by), PERIOD_DIMENSIONS)
     condition, params = billing_condition(period, closes)
     params["database"] = database
     conditions = [CHARGED, condition]
@@ -144,8 +153,8 @@ def period_report_query(
         params[f"f{i}"] = value
     columns: list[str] = []
     for name in group_by:
-        if DIMENSIONS[name].column not in columns:
-            columns.append(DIMENSIONS[name].column)
+        if PERIOD_DIMENSIONS[name].column not in columns:
+            columns.append(PERIOD_DIMENSIONS[name].column)
     columns = list(dict.fromkeys([*columns, *MONEY_MEASURES, *TOKEN_MEASURES, "kind", "occurred_at"]))
     picked = ", ".join(columns)
     names = ", ".join(f"picked.{i} AS {c}" for i, c in enumerate(columns, start=1))
@@ -155,11 +164,12 @@ def period_report_query(
         f"SELECT {names} FROM (SELECT event_id, argMin(tuple({picked}), inserted_at) AS picked "
         f"FROM {{database:Identifier}}.event_ledger WHERE {' AND '.join(conditions)} GROUP BY event_id)"
     )
-    select = [f"{DIMENSIONS[name].expr} AS {name}" for name in group_by]
+    select = [f"{PERIOD_DIMENSIONS[name].expr} AS {name}" for name in group_by]
     select += [f"sum({m}) AS {m}" for m in MONEY_MEASURES]
     select += [f"sum({t}) AS {t}" for t in TOKEN_MEASURES]
     select += [
         f"{CALLS} AS calls",
+        "count() AS events",
         "sumIf(raw_cost, toStartOfMonth(occurred_at) != {bp_period:Date}) AS carried_over_cost",
         "countIf(kind IN ('llm_call', 'tool_call') AND toStartOfMonth(occurred_at) != {bp_period:Date}) "
         "AS carried_over_calls",

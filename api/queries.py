@@ -44,8 +44,8 @@ CALLS = "countIf(kind IN ('llm_call', 'tool_call'))"
 """What every report counts as calls: LLM and tool calls, never aborts or adjustments."""
 
 
-def parse_group_by(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    """`"team,project"` or `["team", "project"]` -> checked, ordered, without repeats."""
+def parse_group_by(value: str | Sequence[str] | None, allowed: Mapping[str, Dimension] = DIMENSIONS) -> tuple[str, ...]:
+    """`"team,project"` or `["team", "project"]` -> checked against `allowed`, ordered, without repeats."""
     if value is None:
         return ()
     parts = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
@@ -54,10 +54,8 @@ def parse_group_by(value: str | Sequence[str] | None) -> tuple[str, ...]:
         name = raw.strip()
         if not name:
             continue
-        if name not in DIMENSIONS:
-            raise InvalidParameter(
-                f"unknown group_by field {name!r}; allowed: {', '.join(DIMENSIONS)}", field="group_by"
-            )
+        if name not in allowed:
+            raise InvalidParameter(f"unknown group_by field {name!r}; allowed: {', '.join(allowed)}", field="group_by")
         if name not in names:
             names.append(name)
     return tuple(names)

@@ -136,6 +136,8 @@ GROUP_BY: tuple[str, ...] = (
     "day", "team", "project", "customer", "agent_type", "provider", "model", "tool_name", "currency",
 )  # fmt: skip
 """The report grouping a FOCUS export is built from (plus session_id when asked)."""
+PERIOD_GROUP_BY: tuple[str, ...] = (*GROUP_BY, "charge_category")
+"""The grouping of a billing period's FOCUS export (api.periods.PERIOD_DIMENSIONS)."""
 
 _ARROW = {"Decimal": MONEY_TYPE, "String": pa.string(), "JSON": pa.string(), "DateTime": pa.timestamp("s", tz="UTC")}
 
@@ -159,10 +161,16 @@ def _month_bounds(day: date) -> tuple[datetime, datetime]:
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
-def focus_row(row: Mapping[str, Any], *, billing_account: str) -> dict[str, Any]:
-    """One FOCUS 1.2 row (plus x_ columns) from a report row grouped by GROUP_BY."""
+def focus_row(row: Mapping[str, Any], *, billing_account: str, billing_period: date | None = None) -> dict[str, Any]:
+    """One FOCUS 1.2 row (plus x_ columns) from a report row grouped by GROUP_BY.
+
+    Without `billing_period` a row is billed in the month it occurred in. With it (a billing
+    period's export, rows grouped by PERIOD_GROUP_BY), a row that occurred in an earlier, closed
+    month is a `Correction` of that month's invoice, and adjustment events are `Adjustment`s."""
     day: date = row["day"]
-    period_start, period_end = _month_bounds(day)
+    period_start, period_end = _month_bounds(billing_period or day)
+    category = row.get("charge_category") or "Usage"
+    correction = billing_period is not None and (day.year, day.month) != (billing_period.year, billing_period.month)
     provider = row.get("provider") or "agentledger"
     model, tool = row.get("model"), row.get("tool_name")
     tokens = sum(int(row[t]) for t in TOKEN_FIELDS)
@@ -187,14 +195,15 @@ def focus_row(row: Mapping[str, Any], *, billing_account: str) -> dict[str, Any]
             "BillingCurrency": row.get("currency") or "USD",
             "BillingPeriodStart": period_start,
             "BillingPeriodEnd": period_end,
-            "ChargeCategory": "Usage",
-            "ChargeClass": None,
+            "ChargeCategory": category,
+            "ChargeClass": "Correction" if correction else None,
             "ChargeDescription": description,
             "ChargeFrequency": "Usage-Based",
             "ChargePeriodStart": _midnight(day),
             "ChargePeriodEnd": _midnight(day) + timedelta(days=1),
-            "ConsumedQuantity": quantity,
-            "ConsumedUnit": unit,
+            # consumption is what usage rows measure; FOCUS wants it null on other categories
+            "ConsumedQuantity": quantity if category == "Usage" else None,
+            "ConsumedUnit": unit if category == "Usage" else None,
             # The rate card's price is the contracted one: effective = contracted, list beside it.
             "ContractedCost": cost,
             "EffectiveCost": cost,
@@ -243,5 +252,7 @@ def focus_row(row: Mapping[str, Any], *, billing_account: str) -> dict[str, Any]
     return out
 
 
-def focus_rows(rows: Sequence[Mapping[str, Any]], *, billing_account: str = "agentledger") -> list[dict[str, Any]]:
-    return [focus_row(r, billing_account=billing_account) for r in rows]
+def focus_rows(
+    rows: Sequence[Mapping[str, Any]], *, billing_account: str = "agentledger", billing_period: date | None = None
+) -> list[dict[str, Any]]:
+    return [focus_row(r, billing_account=billing_account, billing_period=billing_period) for r in rows]

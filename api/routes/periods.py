@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -19,8 +19,18 @@ from api.auth import require, require_unrestricted_admin
 from api.keys import ApiKey
 from api.money import EXPONENT as CENT_EXPONENT
 from api.money import MoneyText
-from api.periods import PeriodClose, close_period, list_closes, parse_period, period_report_query
-from api.queries import DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, parse_group_by
+from api.periods import (
+    PERIOD_DIMENSIONS,
+    PeriodClose,
+    close_period,
+    list_closes,
+    parse_period,
+    period_report_query,
+)
+from api.queries import MONEY_MEASURES, TOKEN_MEASURES, parse_group_by
+from api.reports import focus
+from api.reports.export import frame, to_csv, to_parquet
+from api.routes.chargeback import FILE_RESPONSES, file_response, strict_query
 
 router = APIRouter(prefix="/v1/periods", tags=["periods"])
 
@@ -108,9 +118,9 @@ def build_period_report(
 ) -> PeriodReport:
     closes = list_closes(warehouse, database)
     sql, params = period_report_query(database, month, closes, group_by, {"team": team} if team else None)
-    rows = [PeriodRow(group={g: r[g] for g in group_by}, **_totals(r)) for r in warehouse.query(sql, params)]
-    if not group_by:
-        rows = [r for r in rows if r.calls]
+    # without group_by an empty month still gives one row, of zeros: not a row of the report
+    found = [r for r in warehouse.query(sql, params) if group_by or r["events"]]
+    rows = [PeriodRow(group={g: r[g] for g in group_by}, **_totals(r)) for r in found]
     sums: dict[str, Any] = {m: sum((getattr(r, m) for r in rows), Decimal(0)).quantize(CENT_EXPONENT) for m in _MONEY}
     sums.update({c: sum(getattr(r, c) for r in rows) for c in _COUNTS})
     closed_at = next((c.closed_at for c in closes if c.period == month), None)
@@ -124,15 +134,39 @@ def build_period_report(
     )
 
 
-@router.get("/{period}/report", response_model=PeriodReport, summary="Chargeback of one billing period")
+def focus_period_export(warehouse: Any, database: str, month: date, team: str | None, fmt: str) -> Response:
+    """A billing period as FOCUS 1.2: its rows billed in `month`, carried-over rows of closed
+    months as `Correction`s, adjustment events as `Adjustment`s."""
+    closes = list_closes(warehouse, database)
+    sql, params = period_report_query(database, month, closes, focus.PERIOD_GROUP_BY, {"team": team} if team else None)
+    rows = focus.focus_rows(warehouse.query(sql, params), billing_period=month)
+    df = frame(rows, focus.COLUMNS)
+    name = f"focus-1.2-{month:%Y-%m}"
+    if fmt == "focus":
+        return file_response(to_csv(df), "focus", name)
+    return file_response(to_parquet(df, focus.arrow_types()), "focus_parquet", name)
+
+
+@router.get(
+    "/{period}/report",
+    response_model=PeriodReport,
+    summary="Chargeback of one billing period (JSON, or FOCUS 1.2 as CSV or Parquet)",
+    responses=FILE_RESPONSES,
+    dependencies=[Depends(strict_query("group_by", "format"))],
+)
 def report(
     request: Request,
     period: PeriodPath,
     key: Annotated[ApiKey, Depends(require("reports:read"))],
-    group_by: Annotated[str, Query(description=f"Comma-separated, from: {', '.join(DIMENSIONS)}")] = "team",
-) -> PeriodReport:
+    group_by: Annotated[str, Query(description=f"Comma-separated, from: {', '.join(PERIOD_DIMENSIONS)}")] = "team",
+    format: Annotated[
+        Literal["json", "focus", "focus_parquet"], Query(description="json, focus (CSV) or focus_parquet")
+    ] = "json",
+) -> Any:
     month = parse_period(period)
-    dims = parse_group_by(group_by)
+    dims = parse_group_by(group_by, PERIOD_DIMENSIONS)
     state = request.app.state
     # a team key reads its team's rows only: a bound filter, whatever the query asks
+    if format != "json":
+        return focus_period_export(state.warehouse, state.settings.database, month, key.team, format)
     return build_period_report(state.warehouse, state.settings.database, month, dims, key.team)

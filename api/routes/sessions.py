@@ -114,9 +114,9 @@ def get_session(
     state = request.app.state
     wh, db = state.warehouse, state.settings.database
     spend = wh.query(*session_spend_query(db, session_id, key.team))[0]
-    calls = int(spend["calls"])
-    statuses = [] if key.team is not None and calls == 0 else wh.query(*session_status_query(db, session_id))
-    if calls == 0 and not statuses:
+    events = int(spend["events"])
+    statuses = [] if key.team is not None and events == 0 else wh.query(*session_status_query(db, session_id))
+    if events == 0 and not statuses:
         raise NotFound(f"no session {session_id!r}", field="session_id")
     status = statuses[0] if statuses else None
     stopped = None
@@ -128,13 +128,13 @@ def get_session(
         state=status["state"] if status is not None else "active",
         status_updated_at=status["updated_at"] if status is not None else None,
         teams=[t for t in spend["teams"] if t is not None],
-        calls=calls,
+        calls=int(spend["calls"]),
         cost=_money(spend["cost"]),
         list_cost=_money(spend["list_cost"]),
         input_tokens=int(spend["input_tokens"]),
         output_tokens=int(spend["output_tokens"]),
-        first_event_at=spend["first_event_at"] if calls else None,
-        last_event_at=spend["last_event_at"] if calls else None,
+        first_event_at=spend["first_event_at"] if events else None,
+        last_event_at=spend["last_event_at"] if events else None,
         stopped_by=stopped,
         signals=signals,
     )

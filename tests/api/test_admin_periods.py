@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from contextlib import nullcontext
 from datetime import timedelta
 from decimal import Decimal
 
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
+from pyarrow import csv as pacsv
 from typer.testing import CliRunner
 
 from agentledger import cli
@@ -109,6 +112,20 @@ def test_a_closed_month_never_changes_and_late_events_carry_over(
         assert april["total"]["carried_over_cost"] == "0.500000000000"
         by_day = client.get("/v1/periods/2026-04/report", params={"group_by": "day"}, headers=pay).json()
         assert [r["group"]["day"] for r in by_day["rows"]] == ["2026-03-01"]  # charged in April, occurred in March
+        # FOCUS by billing period: the late March event is a correction billed in April
+        april_focus = client.get("/v1/periods/2026-04/report", params={"format": "focus_parquet"}, headers=pay)
+        assert april_focus.status_code == 200, april_focus.text
+        rows = pq.read_table(io.BytesIO(april_focus.content)).to_pylist()
+        assert [
+            (r["ChargeCategory"], r["ChargeClass"], r["BillingPeriodStart"].month, r["ChargePeriodStart"].month)
+            for r in rows
+        ] == [("Usage", "Correction", 4, 3)]
+        assert [(r["BilledCost"], r["x_Team"], r["x_Calls"]) for r in rows] == [(Decimal("0.5"), "payments", 1)]
+        march_focus = client.get("/v1/periods/2026-03/report", params={"format": "focus"}, headers=admin)
+        assert march_focus.headers["content-type"].startswith("text/csv")
+        march_rows = pacsv.read_csv(io.BytesIO(march_focus.content)).to_pylist()
+        assert {r["ChargeClass"] for r in march_rows} == {None}
+        assert sum(Decimal(str(r["BilledCost"])) for r in march_rows) == Decimal("4.000000000004")
         listed = client.get("/v1/periods", headers=pay).json()["closed"]
         assert [(c["period"], c["closed_at"]) for c in listed] == [("2026-03", closed_at)]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from api.errors import InvalidParameter
 from api.queries import choose_source, parse_report_group_by, report_query, session_events_query
 from api.reports.allocation import MONEY_QUANTUM, AllocationError, allocate, largest_remainder
-from api.reports.focus import FOCUS_1_2_COLUMNS
+from api.reports.focus import FOCUS_1_2_COLUMNS, focus_row
 
 pytestmark = pytest.mark.unit
 
@@ -135,3 +135,37 @@ def test_string_parameters_round_trip_through_the_engine(tmp_path):
             assert wh.query("SELECT {v:String} AS v", {"v": value}) == [{"v": value}], value
     finally:
         wh.close()
+
+
+def _focus_input(day: date, category: str | None) -> dict:
+    row = {"day": day, "agent_type": "triage", "provider": "openai", "model": "gpt-4o", "team": "t", "project": None,
+           "customer": None, "currency": "USD", "cost": Decimal("-0.25"), "list_cost": Decimal("-0.3"), "calls": 0,
+           "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0,
+           "reasoning_tokens": 0}  # fmt: skip
+    if category is not None:
+        row["charge_category"] = category
+    return row
+
+
+@pytest.mark.parametrize(
+    ("day", "category", "billing_period", "want"),
+    [
+        # by event time: billed in the month it occurred, always usage
+        (date(2026, 3, 9), None, None, ("Usage", None, 3, 3, "Tokens")),
+        # a billing period's export: its own month's adjustment, and a correction of a closed month
+        (date(2026, 4, 2), "Adjustment", date(2026, 4, 1), ("Adjustment", None, 4, 4, None)),
+        (date(2026, 3, 30), "Adjustment", date(2026, 4, 1), ("Adjustment", "Correction", 4, 3, None)),
+        (date(2026, 3, 30), "Usage", date(2026, 4, 1), ("Usage", "Correction", 4, 3, "Tokens")),
+    ],
+)
+def test_focus_charge_category_class_and_periods(day, category, billing_period, want):
+    out = focus_row(_focus_input(day, category), billing_account="acme", billing_period=billing_period)
+    got = (
+        out["ChargeCategory"],
+        out["ChargeClass"],
+        out["BillingPeriodStart"].month,
+        out["ChargePeriodStart"].month,
+        out["ConsumedUnit"],
+    )
+    assert got == want
+    assert out["BilledCost"] == Decimal("-0.25") and out["ListCost"] == Decimal("-0.3")
