@@ -6,11 +6,11 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from agentledger.settings import get_settings
 
@@ -163,6 +163,16 @@ def show_settings() -> None:
     typer.echo(json.dumps(get_settings().model_dump(mode="json"), indent=2))
 
 
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise typer.BadParameter(f"expected name=value, got {item!r}", param_hint=option)
+        out[name.strip()] = value.strip()
+    return out
+
+
 @budgets.command("set")
 def budget_set(
     policy_id: Annotated[str, typer.Argument(help="Stable id; setting it again replaces the policy.")],
@@ -170,24 +180,54 @@ def budget_set(
     match: Annotated[list[str] | None, typer.Option(help="dimension=value (repeatable); absent = every value.")] = None,
     limit_tokens: Annotated[int | None, typer.Option(min=1)] = None,
     limit_cost: Annotated[str | None, typer.Option(help="USD, e.g. 25.00")] = None,
-    window: Annotated[str, typer.Option()] = "lifetime",
-    action: Annotated[str, typer.Option()] = "kill",
+    window: Annotated[
+        str,
+        typer.Option(
+            help="lifetime, rolling_1h, rolling_24h, rolling_7d, rolling_30d, calendar_day, calendar_week, calendar_month"
+        ),
+    ] = "lifetime",
+    timezone: Annotated[str, typer.Option(help="IANA zone of calendar windows, e.g. Europe/Paris")] = "UTC",
+    action: Annotated[str, typer.Option(help="At the limit: warn, downgrade, pause or kill")] = "kill",
+    escalate: Annotated[
+        list[str] | None,
+        typer.Option(help="Milder step before the limit, action=fraction, e.g. warn=0.5 (repeatable)"),
+    ] = None,
+    downgrade: Annotated[
+        list[str] | None, typer.Option(help="Routing for downgrade, model=cheaper-model (repeatable)")
+    ] = None,
+    threshold: Annotated[
+        list[str] | None, typer.Option(help="Alert threshold, a fraction in (0, 1] (repeatable; default 0.5 0.8 1)")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A label for people")] = "",
+    disabled: Annotated[bool, typer.Option("--disabled", help="Store it switched off")] = False,
 ) -> None:
-    """Create or replace a budget policy."""
+    """Create or replace a budget policy; it takes effect within seconds, running sessions included."""
     from processors.policies import publish_policy
     from schemas.budgets import BudgetPolicy
 
-    policy = BudgetPolicy.model_validate(
-        {
-            "policy_id": policy_id,
-            "scope": tuple(s.strip() for s in scope.split(",") if s.strip()),
-            "match": dict(m.split("=", 1) for m in (match or [])),
-            "limit_tokens": limit_tokens,
-            "limit_cost": Decimal(limit_cost) if limit_cost is not None else None,
-            "window": window,
-            "action": action,
-        }
-    )
+    fields: dict[str, Any] = {
+        "policy_id": policy_id,
+        "name": name,
+        "scope": tuple(s.strip() for s in scope.split(",") if s.strip()),
+        "match": _pairs(match, "--match"),
+        "limit_tokens": limit_tokens,
+        "limit_cost": limit_cost,
+        "window": window,
+        "timezone": timezone,
+        "action": action,
+        "escalation": _pairs(escalate, "--escalate"),
+        "downgrade_to": _pairs(downgrade, "--downgrade"),
+        "enabled": not disabled,
+    }
+    if threshold:
+        fields["thresholds"] = tuple(threshold)
+    try:
+        policy = BudgetPolicy.model_validate(fields)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in error["loc"]) or "policy"
+            typer.echo(f"invalid {where}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
     publish_policy(get_settings(), policy)
     typer.echo(policy.model_dump_json(exclude_none=True))
 

@@ -7,11 +7,13 @@ keyed by `session_id`.
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from schemas.events import Money, Name, Strict, Tokens, UtcDatetime
 
@@ -35,6 +37,11 @@ class Window(StrEnum):
     CALENDAR_DAY = "calendar_day"
     CALENDAR_WEEK = "calendar_week"
     CALENDAR_MONTH = "calendar_month"
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 class Action(StrEnum):
@@ -76,6 +83,14 @@ class BudgetPolicy(Strict):
     reservations) at which it is sent, e.g. `{"warn": 0.5, "downgrade": 0.8}`; `action` applies
     at the limit itself."""
     enabled: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        # an unknown zone would fail every window computation in the worker, not here
+        if value not in _zones():
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Paris")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:

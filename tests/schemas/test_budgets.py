@@ -44,6 +44,8 @@ def test_actions_are_graded() -> None:
         ({"policy_id": "has space"}, "policy_id"),
         ({"window": "rolling_2h"}, "window"),
         ({"match": {"team": ""}}, "match"),
+        ({"timezone": "Mars/Olympus_Mons"}, "unknown time zone"),
+        ({"timezone": "../../etc/localtime"}, "unknown time zone"),
     ],
 )
 def test_bad_policies_are_refused(overrides: dict[str, Any], message: str) -> None:
