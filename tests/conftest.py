@@ -7,12 +7,14 @@ import contextlib
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from agentledger.kafka_admin import ensure_topics
@@ -52,6 +54,25 @@ def kafka_script() -> Callable[[str], None]:
         subprocess.run(["bash", str(KAFKA_SCRIPT), command], check=True, timeout=300)
 
     return run
+
+
+def read_topic(settings: Settings, suffix: str, timeout: float = 20.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of a topic, up to its end when called, partition by partition."""
+    topic = settings.topic(suffix)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "test-read"})
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                out.append((msg.key(), msg.value()))
+        return out
+    finally:
+        consumer.close()
 
 
 def delete_test_topics(settings: Settings) -> None:

@@ -6,35 +6,18 @@ from decimal import Decimal
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from agentledger import cli
 from schemas.budgets import Action, BudgetPolicy, Window
 from schemas.topics import BUDGET_POLICIES
+from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration
 
 
-def _policies(settings) -> list[tuple[bytes, bytes | None]]:
-    topic = settings.topic(BUDGET_POLICIES.suffix)
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "cli-test", "enable.partition.eof": True}
-    )
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        out, done = [], set()
-        while len(done) < len(parts):
-            msg = consumer.poll(5)
-            assert msg is not None, "policy topic not read to its end"
-            if msg.error():
-                done.add(msg.partition())
-                continue
-            out.append((msg.key(), msg.value()))
-        return out
-    finally:
-        consumer.close()
+def _policies(settings) -> list[tuple[bytes | None, bytes | None]]:
+    return read_topic(settings, BUDGET_POLICIES.suffix)
 
 
 def test_set_with_every_option_then_delete(settings_factory, monkeypatch):

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -17,27 +16,13 @@ from processors.policies import publish_policy
 from schemas.budgets import BudgetPolicy
 from schemas.codec import encode
 from schemas.topics import BUDGET_POLICIES
+from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration
 
 
-def _topic_records(settings) -> list[tuple[bytes, bytes | None]]:
-    topic = settings.topic(BUDGET_POLICIES.suffix)
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "test-read", "enable.auto.commit": False}
-    )
-    try:
-        high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        out: list[tuple[bytes, bytes | None]] = []
-        deadline = time.monotonic() + 20
-        while len(out) < high and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                out.append((msg.key(), msg.value()))
-        return out
-    finally:
-        consumer.close()
+def _topic_records(settings) -> list[tuple[bytes | None, bytes | None]]:
+    return read_topic(settings, BUDGET_POLICIES.suffix)
 
 
 @pytest.fixture
