@@ -8,11 +8,11 @@ filter is always a bound parameter.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from api.errors import InvalidParameter
-from api.queries import CALLS, CHARGED, deduplicated
+from api.queries import CALLS, CHARGED, deduplicated, to_utc
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2261, 12, 31, tzinfo=UTC)
@@ -22,7 +22,10 @@ def utc_in_range(value: datetime | None, field: str) -> datetime | None:
     """A request time as aware UTC (naive means UTC), within what DateTime64 columns hold."""
     if value is None:
         return None
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = to_utc(value)
+    except ValueError:
+        value = EARLIEST - timedelta(days=1)  # out of range: refused below
     if not EARLIEST <= value <= LATEST:
         raise InvalidParameter(f"{field} must be between 1970 and 2261", field=field)
     return value

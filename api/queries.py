@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from api.errors import InvalidParameter
+
+
+def to_utc(value: datetime) -> datetime:
+    """Aware UTC (naive means UTC). ValueError for a time UTC cannot hold (0001-01-01T00:00+01:00)."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} is out of range") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from api.queries import (
     TOKEN_MEASURES,
     parse_report_group_by,
     report_query,
+    to_utc,
 )
 from api.reports import focus
 from api.reports.allocation import ALLOCATABLE, AllocationError, Mode, allocate
@@ -129,10 +130,13 @@ def strict_query(*allowed: str) -> Callable[[Request], None]:
     return check
 
 
-def utc(value: datetime | None) -> datetime | None:
+def utc(value: datetime | None, field: str) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return to_utc(value)
+    except ValueError as exc:
+        raise InvalidParameter(f"'{field}' {exc}", field=field) from exc
 
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -141,7 +145,7 @@ LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def period(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
-    start, end = utc(start), utc(end)
+    start, end = utc(start, "from"), utc(end, "to")
     for name, value in (("from", start), ("to", end)):
         if value is not None and not EARLIEST <= value <= LATEST:
             raise InvalidParameter(f"'{name}' must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}", field=name)

@@ -9,7 +9,7 @@ safe). Needs an unrestricted admin key: a re-pricing spans every team.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
@@ -22,6 +22,7 @@ from api.errors import InvalidParameter, KafkaUnavailable
 from api.keys import ApiKey
 from api.money import EXPONENT as CENT_EXPONENT
 from api.money import MoneyText
+from api.queries import to_utc
 from api.repricing import MAX_LISTED, EmitFailed, RepriceResult, TooManyEvents, emit, plan
 from processors.errors import RateCardError
 from processors.ratecard import RateCard, load_rate_card, parse_rate_card
@@ -42,7 +43,7 @@ class RepriceRequest(BaseModel):
     @field_validator("start", "end")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return to_utc(value)
 
 
 class DifferencePublic(BaseModel):

@@ -562,6 +562,9 @@ INJECTION: list[tuple[str, dict[str, str]]] = [
     ("/v1/chargeback", {"tags.team": "payments"}),
     ("/v1/chargeback", {"from": "2026-03-01' OR 1=1 --"}),
     ("/v1/chargeback", {"to": "now()"}),
+    ("/v1/chargeback", {"to": "0001-01-01T00:00:00+01:00"}),  # UTC cannot hold it
+    ("/v1/chargeback", {"from": "9999-12-31T23:59:59-01:00"}),
+    ("/v1/reports/top-sessions", {"from": "0001-01-01T00:30:00+01:00"}),
     ("/v1/chargeback", {"format": "xml"}),
     ("/v1/chargeback", {"format": "json' --"}),
     ("/v1/chargeback", {"unallocated": "all"}),
