@@ -19,7 +19,19 @@ from api.errors import ApiError, InvalidParameter, WarehouseUnavailable
 from api.keys import KeyStore
 from api.migrations import migrate
 from api.producer import EventProducer
-from api.routes import alerts, budgets, chargeback, ingest, keys, periods, prices, reports, repricing, sessions
+from api.routes import (
+    alerts,
+    budgets,
+    chargeback,
+    ingest,
+    keys,
+    periods,
+    prices,
+    reports,
+    repricing,
+    sessions,
+    signals,
+)
 from api.sink import Sink
 from api.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -53,6 +65,7 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
         app.state.keys = KeyStore(wh, settings.database, cache_s=settings.auth_cache_s)
         app.state.producer = None
         app.state.admin = None
+        app.state.signal_relay = None
         stop = threading.Event()
         thread = None
         try:
@@ -68,6 +81,8 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
             yield
         finally:
             stop.set()
+            if app.state.signal_relay is not None:
+                app.state.signal_relay.close()
             if thread is not None:
                 thread.join(timeout=60)
             if app.state.admin is not None:
@@ -138,6 +153,7 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
     app.include_router(reports.router)
     app.include_router(ingest.router)
     app.include_router(keys.router)
+    app.include_router(signals.router)
     for admin_router in (budgets, sessions, alerts, prices, periods, repricing):
         app.include_router(admin_router.router)
     return app

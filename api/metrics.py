@@ -20,3 +20,5 @@ SINK_LAG = Gauge("agentledger_sink_lag_messages", "High watermark minus committe
 HTTP_INGEST_EVENTS = Counter(
     "agentledger_http_ingest_events_total", "Events posted to POST /v1/events, by outcome", ["outcome"]
 )
+SIGNAL_STREAMS = Gauge("agentledger_signal_streams", "Open GET /v1/signals/stream connections")
+SIGNALS_RELAYED = Counter("agentledger_signals_relayed_total", "Signals and statuses handed to signal streams")

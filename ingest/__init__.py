@@ -91,8 +91,8 @@ def configure(
 
     - `transport="http"` posts events to the API's `POST /v1/events` (`api_url`, and
       `api_key` with the `ingest` scope) instead of producing to Kafka, for agents that
-      cannot reach Kafka: same spool, same event ids. Budget signals travel on Kafka only,
-      so `listen_signals` then defaults to false and budgets act through `token_cap` alone.
+      cannot reach Kafka: same spool, same event ids. Budget signals then come from the API's
+      `GET /v1/signals/stream` (server-sent events; the key needs no team restriction).
 
     - `mode="development"` validates every event at the call site and raises
       `InvalidEvent`; `"production"` counts and logs invalid events instead.

@@ -9,7 +9,7 @@
 | mode | AGENTLEDGER_MODE | production |
 | spool_max_events | AGENTLEDGER_SPOOL_MAX_EVENTS | 1000000 |
 | spool_max_bytes | AGENTLEDGER_SPOOL_MAX_BYTES | 1 GiB |
-| listen_signals | AGENTLEDGER_LISTEN_SIGNALS | true (false with transport="http") |
+| listen_signals | AGENTLEDGER_LISTEN_SIGNALS | true (from Kafka; with transport="http", the API's signal stream) |
 | transport | AGENTLEDGER_TRANSPORT | kafka (or http: POST /v1/events of the API) |
 | api_url | AGENTLEDGER_API_URL | none (required with transport="http") |
 | api_key | AGENTLEDGER_API_KEY | none (a key with the `ingest` scope) |
@@ -115,9 +115,6 @@ def build_config(overrides: Mapping[str, Any], environ: Mapping[str, str] | None
         if var in env and env[var] != "":
             values[name] = parse(env[var])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if values.get("transport") == "http" and "listen_signals" not in values:
-        # signals travel on Kafka only: an agent that cannot reach Kafka listens to nothing
-        values["listen_signals"] = False
     if "spool_dir" in values:
         values["spool_dir"] = Path(values["spool_dir"]).expanduser()
     return IngestConfig(**values)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ingest.config import IngestConfig
 from ingest.delivery import Delivery, encode_event
+from ingest.signal_stream import SignalStream
 from ingest.signals import SessionGuards, SignalListener
 from ingest.stats import IngestStats, Stats
 
@@ -27,7 +28,11 @@ class Runtime:
         self.stats = Stats()
         self.guards = SessionGuards()
         self.delivery = Delivery(config, self.stats)
-        self.listener = SignalListener(config, self.guards, self.stats) if config.listen_signals else None
+        self.listener: SignalListener | SignalStream | None = None
+        if config.listen_signals:
+            # with the HTTP transport the API relays the signals: this process may not reach Kafka
+            listener = SignalStream if config.transport == "http" else SignalListener
+            self.listener = listener(config, self.guards, self.stats)
         if self.listener is None:
             self.guards.ready.set()
         self._waited = False

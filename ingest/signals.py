@@ -1,10 +1,12 @@
 """Budget signals for this process's sessions: an in-memory standing per session, kept
-current by a background Kafka consumer.
+current by a background Kafka consumer (or, with the HTTP transport, by the API's signal
+stream: ingest/signal_stream.py).
 
 The listener joins no consumer group and commits nothing. At start it notes the end offsets
 of `signals`, reads the compacted `session-status` topic from the beginning (so a session
 killed before this process started is known), and reads `signals` from the noted offsets
-on. Only sessions whose state is not `active` are kept in memory.
+on. Only sessions whose state is not `active` are kept in memory. The API's signal relay
+runs the same listener over a target of its own (api/signal_relay.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ingest.config import IngestConfig
 from ingest.kafka_log import kafka_logger
@@ -44,8 +46,8 @@ class Standing:
     signal: Signal | None = None
     """The signal behind the current state, if known."""
     recommended_model: str | None = None
-    warnings: deque[Signal] = field(default_factory=deque)
-    """Warn signals not yet handed to the `on_warn` callback."""
+    warnings: deque[Signal] = field(default_factory=lambda: deque(maxlen=64))
+    """Warn signals not yet handed to the `on_warn` callback (the latest 64)."""
 
 
 class SessionGuards:
@@ -102,11 +104,31 @@ class SessionGuards:
         with self._lock:
             self._standing.pop(session_id, None)
 
+    def statuses(self) -> list[SessionStatus]:
+        """Every session known not to be active, as its latest status."""
+        with self._lock:
+            return [
+                SessionStatus(session_id=sid, state=s.state, signal=s.signal, updated_at=s.as_of)
+                for sid, s in self._standing.items()
+            ]
+
+
+class SignalTarget(Protocol):
+    """What a signal listener feeds: `SessionGuards` in the hook, the relay's fan-out in the API."""
+
+    ready: threading.Event
+
+    def apply_signal(self, signal: Signal) -> None: ...
+
+    def apply_status(self, status: SessionStatus) -> None: ...
+
+    def forget(self, session_id: str) -> None: ...
+
 
 class SignalListener:
-    """The background consumer that feeds `SessionGuards`."""
+    """The background consumer that feeds a `SignalTarget`."""
 
-    def __init__(self, config: IngestConfig, guards: SessionGuards, stats: Stats) -> None:
+    def __init__(self, config: IngestConfig, guards: SignalTarget, stats: Stats) -> None:
         self.config = config
         self.guards = guards
         self.stats = stats

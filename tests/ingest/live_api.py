@@ -11,6 +11,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from api.signal_relay import end_signal_streams
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -30,8 +32,15 @@ class LiveApi:
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        self.app = self.make_app()
         config = uvicorn.Config(
-            self.make_app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_keep_alive=5
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name=f"uvicorn-{self.port}", daemon=True)
@@ -51,6 +60,7 @@ class LiveApi:
         self._server = self._thread = None
         if server is None or thread is None:
             return
+        end_signal_streams(self.app.state)  # as api.server does on SIGTERM
         server.should_exit = True
         thread.join(timeout)
         if thread.is_alive():

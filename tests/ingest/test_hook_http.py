@@ -10,8 +10,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 import ingest
@@ -19,6 +22,10 @@ from agentledger.settings import Settings
 from api.app import create_app
 from api.keys import KeyStore
 from api.migrations import migrate
+from ingest.errors import BudgetExceeded, BudgetPaused
+from ingest.signal_stream import server_sent_events
+from processors.app import SignalPublisher
+from schemas.budgets import Action, Scope, SessionState, Signal
 from schemas.events import CostEvent
 from schemas.topics import COST_EVENTS, topic_name
 from tests.api.conftest import warehouse_factory
@@ -59,7 +66,7 @@ def landed(settings: Settings) -> list[CostEvent]:
 def test_recorded_events_land_on_cost_events_exactly_once_with_exact_tokens(live, hook) -> None:
     settings, server, keys = live
     config = hook(settings=settings, transport="http", api_url=server.url, api_key=keys["ingest"])
-    assert config.listen_signals is False
+    assert config.listen_signals is True  # from the API's signal stream
     expected: dict[str, tuple[int, int, int]] = {}
     sessions = [ingest.session(session_id=f"http-{i}", agent_type="pr-reviewer", team="payments") for i in range(7)]
     for n in range(1234):  # three batches of up to 500
@@ -142,3 +149,78 @@ def test_the_server_stopped_mid_run_then_restarted_loses_and_doubles_nothing(liv
     assert [eid for eid, c in counts.items() if c > 1] == []
     by_id = {e.event_id: e for e in events}
     assert [by_id[eid].input_tokens for eid in recorded] == [100 + n for n in range(total)]
+
+
+def _signal(session_id: str, action: Action, policy: str = "cap") -> Signal:
+    return Signal(
+        signal_id=f"{policy}:{session_id}:{action.value}",
+        session_id=session_id,
+        action=action,
+        policy_id=policy,
+        scope=(Scope.SESSION,),
+        scope_value=f"session={session_id}",
+        spent_tokens=5000,
+        spent_cost=Decimal("1.25"),
+        limit_tokens=5000,
+        reason=f"budget {policy} reached: 5000/5000 tokens",
+        issued_at=datetime.now(UTC),
+    )
+
+
+def _wait_stopped(session: ingest.Session, error: type[Exception], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            session.check()
+        except error:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"{session.session_id} not stopped by {error.__name__} after {timeout}s")
+
+
+def test_budget_signals_reach_an_http_agent_through_the_api_stream(live, hook) -> None:
+    """No Kafka in the agent: a kill issued before it started (the snapshot) and one issued while
+    it runs (the stream) both stop their sessions at the next call; a pause pauses."""
+    settings, server, keys = live
+    publisher = SignalPublisher(settings)
+    publisher.publish(_signal("killed-before", Action.KILL))
+    assert publisher.flush(10) == 0
+    hook(
+        settings=settings,
+        bootstrap_servers="127.0.0.1:9",  # nothing there: every signal must come through the API
+        transport="http",
+        api_url=server.url,
+        api_key=keys["ingest"],
+        status_wait_s=10.0,
+    )
+    before = ingest.session(session_id="killed-before", agent_type="a", team="payments")
+    with pytest.raises(BudgetExceeded) as info:
+        before.check()
+    assert info.value.policy_id == "cap"
+
+    running = ingest.session(session_id="running", agent_type="a", team="payments")
+    paused = ingest.session(session_id="paused", agent_type="a", team="payments")
+    running.record_llm_call("openai", "gpt-4o", 100, 10)
+    assert running.check() is SessionState.ACTIVE
+    publisher.publish(_signal("running", Action.KILL))
+    publisher.publish(_signal("paused", Action.PAUSE))
+    assert publisher.flush(10) == 0
+    _wait_stopped(paused, BudgetPaused)
+    _wait_stopped(running, BudgetExceeded)
+    with pytest.raises(BudgetExceeded):
+        running.record_llm_call("openai", "gpt-4o", 100, 10)
+    assert ingest.session(session_id="other", agent_type="a", team="payments").check() is SessionState.ACTIVE
+
+
+def test_signal_stream_refuses_team_keys_and_keys_without_ingest(live) -> None:
+    _settings, server, keys = live
+    for key, status in ((keys["payments"], 403), (keys["reader"], 403), ("alk_wrong", 401)):
+        response = httpx.get(f"{server.url}/v1/signals/stream", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert response.status_code == status, response.text
+    with httpx.stream(
+        "GET", f"{server.url}/v1/signals/stream", headers={"Authorization": f"Bearer {keys['ingest']}"}, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = server_sent_events(response.iter_lines())
+        assert next(events) == ("ready", "{}")  # nothing is stopped yet: an empty snapshot

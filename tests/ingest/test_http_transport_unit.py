@@ -17,6 +17,7 @@ from ingest import delivery as delivery_module
 from ingest.config import IngestConfig, build_config
 from ingest.delivery import encode_event
 from ingest.http_transport import HttpSender, events_url, retry_after_s
+from ingest.signal_stream import server_sent_events, stream_url
 from ingest.spool import Spool
 from ingest.stats import Stats
 from schemas.events import derive_event_id
@@ -242,9 +243,9 @@ def test_config_from_environment_and_defaults() -> None:
     }
     config = build_config({}, env)
     assert config.transport == "http" and config.http_batch_size == 250
-    assert config.listen_signals is False  # signals are Kafka-only
+    assert config.listen_signals is True  # from the API's signal stream
     assert "alk_secret" not in repr(config)
-    assert build_config({"listen_signals": True}, env).listen_signals is True
+    assert build_config({"listen_signals": False}, env).listen_signals is False
     assert build_config({}, {}).listen_signals is True and build_config({}, {}).transport == "kafka"
     assert events_url("https://ledger.example.com/") == "https://ledger.example.com/v1/events"
     assert events_url("https://x/api/v1/events") == "https://x/api/v1/events"
@@ -261,7 +262,8 @@ def test_the_hook_over_http_end_to_end_with_a_stand_in(hook, monkeypatch) -> Non
         return HttpSender(config, stats, spool, transport=httpx.MockTransport(server))
 
     monkeypatch.setattr(delivery_module, "make_sender", make_sender)
-    config = hook(transport="http", api_url="https://ledger.test", api_key="alk_x", listen_signals=None)
+    # the stand-in serves POST /v1/events only: no signal stream here (tests/ingest/test_hook_http.py has it)
+    config = hook(transport="http", api_url="https://ledger.test", api_key="alk_x", listen_signals=False)
     assert config.listen_signals is False
     with ingest.session(session_id="s-http", agent_type="a", team="t") as s:
         for n in range(25):
@@ -270,3 +272,11 @@ def test_the_hook_over_http_end_to_end_with_a_stand_in(hook, monkeypatch) -> Non
     posted = [e for b in server.posted() for e in b]
     assert [e["input_tokens"] for e in posted] == list(range(25))
     assert ingest.stats().delivered == 25 and ingest.stats().pending == 0
+
+
+def test_server_sent_events_parsing() -> None:
+    lines = [": ping", "event: status", 'data: {"a": 1}', "", "data: x", "data: y", "", "event: ready", "data:{}", ""]
+    assert list(server_sent_events(lines)) == [("status", '{"a": 1}'), ("message", "x\ny"), ("ready", "{}")]
+    assert list(server_sent_events(["event: signal", "data: cut off"])) == []  # no blank line: not dispatched
+    assert stream_url("https://x/api/") == "https://x/api/v1/signals/stream"
+    assert stream_url("https://x/v1/events") == "https://x/v1/signals/stream"
