@@ -27,7 +27,16 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from api.errors import InvalidParameter
-from api.queries import CALLS, CHARGED, DIMENSIONS, MONEY_MEASURES, TOKEN_MEASURES, Dimension, parse_group_by
+from api.queries import (
+    CALLS,
+    CHARGED,
+    DIMENSIONS,
+    MONEY_MEASURES,
+    TOKEN_MEASURES,
+    Dimension,
+    equality_filters,
+    parse_group_by,
+)
 from api.warehouse import Warehouse
 from schemas.events import utcnow
 
@@ -145,12 +154,7 @@ def period_report_query(
     group_by = parse_group_by(list(group_by), PERIOD_DIMENSIONS)
     condition, params = billing_condition(period, closes)
     params["database"] = database
-    conditions = [CHARGED, condition]
-    for i, (name, value) in enumerate(sorted((filters or {}).items())):
-        if name not in DIMENSIONS or name == "day":
-            raise InvalidParameter(f"cannot filter on {name!r}", field=name)
-        conditions.append(f"{DIMENSIONS[name].column} = {{f{i}:String}}")
-        params[f"f{i}"] = value
+    conditions = [CHARGED, condition, *equality_filters(filters, params)]
     columns: list[str] = []
     for name in group_by:
         if PERIOD_DIMENSIONS[name].column not in columns:

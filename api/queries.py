@@ -93,11 +93,6 @@ def chargeback_query(
     `filters` are equality filters on allow-listed dimensions (bound), the hook for
     team-scoped API keys."""
     group_by = parse_group_by(list(group_by))
-    filters = dict(filters or {})
-    for name in filters:
-        if name not in DIMENSIONS or name == "day":
-            raise InvalidParameter(f"cannot filter on {name!r}", field=name)
-
     params: dict[str, Any] = {"database": database}
     conditions = [CHARGED]
     if start is not None:
@@ -106,9 +101,7 @@ def chargeback_query(
     if end is not None:
         conditions.append("occurred_at < {end:DateTime64(6, 'UTC')}")
         params["end"] = end
-    for i, (name, value) in enumerate(sorted(filters.items())):
-        conditions.append(f"{DIMENSIONS[name].column} = {{f{i}:String}}")
-        params[f"f{i}"] = value
+    conditions += equality_filters(filters, params)
     where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
 
     columns: list[str] = []
@@ -138,6 +131,20 @@ ATTRIBUTES: tuple[str, ...] = (
     "team", "project", "customer", "agent_type", "model", "provider", "tool_name", "session_id",
 )  # fmt: skip
 """Dimensions that are columns of an event: allowed in group_by and as equality filters."""
+
+
+def equality_filters(filters: Mapping[str, str] | None, params: dict[str, Any]) -> list[str]:
+    """`name = {fN:String}` conditions for filters on ATTRIBUTES, values bound into `params`;
+    any other name is refused (a team key's restriction is one of these filters)."""
+    conditions = []
+    for i, (name, value) in enumerate(sorted((filters or {}).items())):
+        if name not in ATTRIBUTES:
+            raise InvalidParameter(f"cannot filter on {name[:64]!r}", field=name[:64])
+        conditions.append(f"{name} = {{f{i}:String}}")
+        params[f"f{i}"] = value
+    return conditions
+
+
 TIME_GRAINS: tuple[str, ...] = ("hour", "day", "week", "month")
 """Time dimensions, all in UTC; weeks start on Monday (ISO)."""
 REPORT_DIMENSIONS: tuple[str, ...] = ATTRIBUTES + TIME_GRAINS
@@ -213,11 +220,7 @@ def _where(
             continue
         conditions.append(f"{column} {op} {{{name}:{type_}}}")
         params[name] = bound.date() if source == DAILY else bound
-    for i, (name, value) in enumerate(sorted(filters.items())):
-        if name not in ATTRIBUTES:
-            raise InvalidParameter(f"cannot filter on {name[:64]!r}", field=name[:64])
-        conditions.append(f"{name} = {{f{i}:String}}")
-        params[f"f{i}"] = value
+    conditions += equality_filters(filters, params)
     return (" WHERE " + " AND ".join(conditions)) if conditions else ""
 
 
@@ -277,12 +280,7 @@ def session_events_query(
     """Every event of one session from the ledger (reservations included, marked by `kind`),
     in event time order; `filters` restrict it like any report (a team key's team)."""
     params: dict[str, Any] = {"database": database, "session_id": session_id, "limit": limit}
-    conditions = ["session_id = {session_id:String}"]
-    for i, (name, value) in enumerate(sorted((filters or {}).items())):
-        if name not in ATTRIBUTES:
-            raise InvalidParameter(f"cannot filter on {name[:64]!r}", field=name[:64])
-        conditions.append(f"{name} = {{f{i}:String}}")
-        params[f"f{i}"] = value
+    conditions = ["session_id = {session_id:String}", *equality_filters(filters, params)]
     sql = (
         f"SELECT {', '.join(SESSION_EVENT_COLUMNS)} FROM {{database:Identifier}}.event_ledger "
         f"WHERE {' AND '.join(conditions)} ORDER BY occurred_at, event_id LIMIT {{limit:UInt32}}"
