@@ -11,16 +11,24 @@ The baseline produces one message with the hook's producer settings (idempotent,
 linger.ms=2, lz4) and reads it with the hook's signal-listener settings (assigned partition,
 fetch.wait.max.ms=10, read_uncommitted): the least any signal can take on this broker.
 
-    .venv/bin/python -m bench.signal_latency [--sessions 100]
+With `--transport http` the agent reaches only the API (served by uvicorn in this process,
+chDB in a temporary folder): events go through POST /v1/events and the signal comes back
+over GET /v1/signals/stream, the path of agents that cannot reach Kafka.
+
+    .venv/bin/python -m bench.signal_latency [--sessions 100] [--transport kafka|http]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -29,7 +37,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 import ingest
 from agentledger.kafka_admin import wait_for_group
 from agentledger.settings import Settings
-from bench.common import StageError, bench_settings, dist, ensure_broker, loadavg, start_worker
+from bench.common import StageError, bench_settings, dist, ensure_broker, free_port, loadavg, start_worker
 from ingest.delivery import producer_config
 
 TOKEN_CAP = 10_000
@@ -81,7 +89,7 @@ def raw_round_trip(settings: Settings, n: int) -> dict[str, float]:
     return {**dist(samples), "samples": [round(x, 2) for x in samples]}
 
 
-def hook_to_exception(settings: Settings, sessions: int) -> dict[str, Any]:
+def hook_to_exception(settings: Settings, sessions: int, **hook_config: Any) -> dict[str, Any]:
     samples: list[float] = []
     slow: list[tuple[float, float]] = []
     missed = 0
@@ -93,6 +101,7 @@ def hook_to_exception(settings: Settings, sessions: int) -> dict[str, Any]:
             spool_dir=spool,
             status_wait_s=5.0,
             exit_timeout_s=1.0,
+            **hook_config,
         )
         try:
             run = uuid.uuid4().hex[:6]
@@ -132,7 +141,35 @@ def hook_to_exception(settings: Settings, sessions: int) -> dict[str, Any]:
     return {**dist(samples), "missed": missed, "samples": [round(x, 2) for x in samples], "slow_over_40ms": slow}
 
 
-def run(bootstrap: str, run_tag: str, sessions: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def served_api(settings: Settings) -> Iterator[str]:
+    """The API (no sink) on a loopback port, auth disabled, for `--transport http`; its URL."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.signal_relay import end_signal_streams
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as chdb:
+        api_settings = settings.model_copy(update={"chdb_path": Path(chdb), "auth": "disabled", "api_port": port})
+        app = create_app(api_settings, with_sink=False)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, name="bench-api", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise StageError("the API did not start")
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            end_signal_streams(app.state)
+            server.should_exit = True
+            thread.join(30)
+
+
+def run(bootstrap: str, run_tag: str, sessions: int, transport: str = "kafka") -> dict[str, Any]:
     with bench_settings(bootstrap, run_tag, "s", session_token_cap=TOKEN_CAP) as settings:
         baseline = raw_round_trip(settings, sessions)
         worker = start_worker(settings)
@@ -140,12 +177,17 @@ def run(bootstrap: str, run_tag: str, sessions: int) -> dict[str, Any]:
             if not wait_for_group(settings, settings.worker_id, timeout=120):
                 worker.check_alive()
                 raise StageError(f"worker group not stable in 120 s:\n{worker.tail()}")
-            measured = hook_to_exception(settings, sessions)
+            if transport == "http":
+                with served_api(settings) as url:
+                    measured = hook_to_exception(settings, sessions, transport="http", api_url=url)
+            else:
+                measured = hook_to_exception(settings, sessions)
             worker.check_alive()
         finally:
             worker.stop()
         worker.cleanup()
     return {
+        "transport": transport,
         "sessions": sessions,
         "token_cap": TOKEN_CAP,
         "signal_ms": measured,
@@ -158,9 +200,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--transport", choices=("kafka", "http"), default="kafka")
     args = parser.parse_args()
     ensure_broker(args.bootstrap)
-    print(json.dumps(run(args.bootstrap, uuid.uuid4().hex[:6], args.sessions), indent=2))
+    print(json.dumps(run(args.bootstrap, uuid.uuid4().hex[:6], args.sessions, args.transport), indent=2))
 
 
 if __name__ == "__main__":
