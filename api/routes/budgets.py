@@ -12,14 +12,18 @@ cannot create one without that pin, and a policy of another team (or of every te
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from api.auth import require
+from api.budget_status import scope_value_text, spend_query, spent_tokens, used_fraction
 from api.errors import Forbidden, InvalidParameter, KafkaUnavailable, NotFound
 from api.keys import ApiKey
+from api.money import MoneyText, money
 from api.policy_cache import PolicyCache, PolicyCacheUnavailable
 from processors.errors import PolicyPublishError
 from processors.policies import delete_policy, publish_policy
@@ -32,6 +36,24 @@ PolicyIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za
 
 class BudgetList(BaseModel):
     budgets: list[BudgetPolicy]
+
+
+class ScopeSpend(BaseModel):
+    scope_value: str
+    group: dict[str, str]
+    spent_cost: MoneyText
+    spent_tokens: int
+    fraction: Decimal
+    """The larger of spent/limit over the limits the policy sets (1 = at the limit)."""
+
+
+class BudgetSpend(BaseModel):
+    policy: BudgetPolicy
+    window_start: datetime | None
+    as_of: datetime
+    source: str
+    scopes: list[ScopeSpend]
+    """Biggest spenders first; settled spend in the warehouse (reservations excluded)."""
 
 
 def _cache(request: Request) -> PolicyCache:
@@ -131,3 +153,38 @@ def delete_budget(
     except PolicyCacheUnavailable as exc:
         raise KafkaUnavailable(str(exc)) from None
     return Response(status_code=204)
+
+
+def scope_spends(policy: BudgetPolicy, rows: list[dict[str, Any]], group_by: tuple[str, ...]) -> list[ScopeSpend]:
+    out = []
+    for row in rows:
+        group = {g: row[g] for g in group_by}
+        value = scope_value_text(policy, group)
+        if value is None:
+            continue  # events without a value in a scope dimension are not covered by the policy
+        cost, tokens = money(row["cost"]), spent_tokens(row)
+        out.append(ScopeSpend(scope_value=value, group=group, spent_cost=cost, spent_tokens=tokens,
+                              fraction=used_fraction(policy, cost, tokens)))  # fmt: skip
+    return out
+
+
+@router.get(
+    "/{policy_id}/spend",
+    response_model=BudgetSpend,
+    summary="A policy's settled spend per scope value in its current window, biggest first",
+)
+def budget_spend(
+    request: Request,
+    policy_id: PolicyIdPath,
+    key: Annotated[ApiKey, Depends(require("reports:read"))],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> BudgetSpend:
+    policy = _visible_or_404(_cache(request), policy_id, key)
+    state = request.app.state
+    now = datetime.now(UTC)
+    within = {"team": key.team} if key.team is not None else {}
+    query = spend_query(state.settings.database, policy, now, within, limit)
+    assert query is not None  # a visible policy pins the key's team, so the team filter agrees
+    rows = state.warehouse.query(query.sql, query.params)
+    return BudgetSpend(policy=policy, window_start=query.window_start, as_of=now, source=query.source,
+                       scopes=scope_spends(policy, rows, query.group_by))  # fmt: skip
