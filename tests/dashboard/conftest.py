@@ -3,7 +3,7 @@ data loaded through the real path: priced events, signals, session statuses, ale
 deliveries on Kafka -> sinks -> chDB; budget policies PUT through the API onto their topic.
 Driven by Debian's Chromium through Playwright (never `playwright install`: no CDN here).
 
-One data set per module, dated relative to now, so "this month" is never empty; screenshots
+One data set for the package, dated relative to now, so "this month" is never empty; screenshots
 go to $AGENTLEDGER_TEST_ARTIFACTS/dashboard (default: the system temp folder)."""
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ class ServerThread:
         self.thread.join(90)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def dashboard(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     tag = uuid.uuid4().hex[:10]
     port = _free_port()
@@ -366,7 +366,7 @@ def dashboard(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> It
         delete_test_topics(settings)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     """Debian's Chromium, headless. Missing is a failure, never a skip: CI must run these."""
     if not CHROMIUM.exists():

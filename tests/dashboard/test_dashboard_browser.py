@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -334,3 +335,30 @@ def test_session_page_shows_calls_budgets_and_the_signal_that_stopped_it(
     assert points == session["calls"] == 12
     covering = t.page.eval_on_selector_all("#session-detail .budget-row", "rs => rs.map(r => r.dataset.policy)")
     assert sorted(covering) == ["search-agents-7d", "session-tokens"]
+
+
+def test_money_is_rounded_half_up_on_the_decimal_text_never_through_a_float(
+    dashboard: Dashboard, tab: Callable[..., Tab]
+) -> None:
+    rng = random.Random(7)
+    cases = ["0", "12", "0.004999999999", "0.005", "1.995", "9.999", "-0.004", "-1.005", "0.000000000001"]
+    cases += [
+        "99999999999999.995000000000",
+        "0.015",
+        "1.005",
+        "2.675",
+        "1.000000000000",
+    ]  # floats get 1.005, 2.675 wrong
+    cases += [f"{rng.randrange(10**16)}.{rng.randrange(10**12):012d}" for _ in range(300)]
+    t = tab()
+    t.goto(dashboard, "/dashboard/login")
+    got = t.page.evaluate(
+        "async (cases) => { const m = await import('/dashboard/static/common.js');"
+        " return cases.map(c => [m.roundMoney(c, 2), m.roundMoney(c, 12), m.fmtMoney(c)]); }",
+        cases,
+    )
+    for case, (two, twelve, shown) in zip(cases, got, strict=True):
+        want = Decimal(case).quantize(CENT, rounding=ROUND_HALF_UP)
+        assert two == f"{want:f}".replace("-0.00", "0.00"), case
+        assert Decimal(twelve) == Decimal(case).quantize(Decimal("1e-12")), case
+        assert shown == cents(case).replace("$-0.00", "$0.00"), case
