@@ -107,6 +107,13 @@ def sessions_query(
     same with an agent type, which only events carry."""
     params: dict[str, Any] = {"database": database, "limit": limit, "offset": offset}
     where = _spend_where(None, team, params, agent_type)
+    if state is not None and state != "active":
+        # Stopped sessions are few: read only their events, not every session's (10M events:
+        # seconds otherwise). `active` has no such shortcut (no status row, or an active one).
+        where += (
+            " AND session_id IN (SELECT session_id FROM {database:Identifier}.session_status "
+            "GROUP BY session_id HAVING argMax(state, updated_at) = {state:String})"
+        )
     spend = (
         "SELECT session_id, sum(cost) AS cost, count() AS calls, max(occurred_at) AS last_event_at "
         f"FROM ({deduplicated('database', _SPEND_COLUMNS, where)}) GROUP BY session_id"

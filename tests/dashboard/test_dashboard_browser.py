@@ -121,7 +121,7 @@ def test_login_then_every_page_renders_without_console_errors(dashboard: Dashboa
         ("chargeback", "#report-table"),
         ("budgets", "#policies .policy"),
         (f"sessions?id={RUNAWAY}", "#session-detail"),
-        ("sessions?team=payments", "#sessions-table"),
+        ("sessions?team=payments&period=month", "#sessions-table"),
     ):
         t.goto(dashboard, f"/dashboard/{page}")
         assert t.page.query_selector(ready) is not None, page
@@ -261,7 +261,7 @@ def test_team_key_sees_and_downloads_only_its_team(dashboard: Dashboard, tab: Ca
     alerts = t.page.inner_text("#alerts-table")
     assert "payments-monthly" in alerts and "search-agents-7d" not in alerts
 
-    t.goto(dashboard, "/dashboard/sessions")
+    t.goto(dashboard, "/dashboard/sessions?period=month")
     listed = t.page.eval_on_selector_all(
         "#sessions-table tbody tr td:first-child", "tds => tds.map(td => td.innerText)"
     )
@@ -292,8 +292,16 @@ def test_budgets_show_spend_against_limits_and_a_team_key_can_create_its_policy(
     bar = t.page.query_selector("[data-policy=payments-monthly] .budget-row")
     assert bar is not None and bar.get_attribute("data-spent") == row["spent_cost"]
     assert len(t.page.query_selector_all("[data-policy=payments-monthly] .mark")) == 3
-    sessions = t.page.query_selector_all("[data-policy=session-tokens] .budget-row")
-    assert len(sessions) == 10  # top 10 of the sessions, biggest first
+    # One budget per session: read when asked (it cannot come from a rollup), the 10 closest shown.
+    assert t.page.query_selector("[data-policy=session-tokens] .budget-row") is None
+    t.page.click("[data-policy=session-tokens] .load-spend")
+    t.page.wait_for_selector("[data-policy=session-tokens] .budget-row")
+    fractions = t.page.eval_on_selector_all(
+        "[data-policy=session-tokens] .budget-row", "rs => rs.map(r => Number(r.dataset.fraction))"
+    )
+    assert len(fractions) == 10 and fractions == sorted(fractions, reverse=True)
+    every = dashboard.get("/v1/budgets/session-tokens/spend")["scopes"]
+    assert fractions[0] == max(float(s["fraction"]) for s in every)
     assert "failing" in t.page.inner_text("#alerts-table") and "delivered" in t.page.inner_text("#alerts-table")
 
     p = tab(key="payments")

@@ -40,8 +40,6 @@ function bar(policy, scope) {
 }
 
 function policyCard(policy, spend, me, actions) {
-  // Closest to their limit first (the API lists biggest spenders first).
-  const scopes = spend ? [...spend.scopes].sort((a, b) => Number(b.fraction) - Number(a.fraction)).slice(0, BARS) : [];
   const head = el("div", { class: "policy-head" },
     el("h2", {}, policy.name || policy.policy_id),
     el("span", { class: `badge action-${policy.action}` }, policy.action),
@@ -59,13 +57,41 @@ function policyCard(policy, spend, me, actions) {
     Object.keys(policy.escalation || {}).length
       ? [el("dt", {}, "escalation"), el("dd", {}, Object.entries(policy.escalation).map(([a, f]) => `${a} at ${percent(f)}`).join(", "))]
       : null);
-  const window = spend && spend.window_start ? `window from ${fmtTime(spend.window_start)}` : "lifetime";
-  const bars = scopes.length
-    ? scopes.map((s) => bar(policy, s))
-    : [el("p", { class: "empty" }, "No settled spend in the current window.")];
-  return el("article", { class: "card policy", dataset: { policy: policy.policy_id } }, head, facts,
-    el("p", { class: "meta" }, `Settled spend in the warehouse, ${window}${spend && spend.scopes.length > BARS ? `; the ${BARS} closest to the limit` : ""}`),
-    el("div", { class: "bars" }, bars));
+  const card = el("article", { class: "card policy", dataset: { policy: policy.policy_id } }, head, facts);
+  const fill = (s) => {
+    const span = s.window_start ? `window from ${fmtTime(s.window_start)}` : "lifetime";
+    const top = [...s.scopes].sort((a, b) => Number(b.fraction) - Number(a.fraction)).slice(0, BARS);
+    card.append(
+      el("p", { class: "meta" }, `Settled spend in the warehouse, ${span}${s.scopes.length > BARS ? `; the ${BARS} closest to the limit` : ""}`),
+      el("div", { class: "bars" }, top.length ? top.map((x) => bar(policy, x)) : el("p", { class: "empty" }, "No settled spend in the current window.")));
+  };
+  if (spend) {
+    fill(spend);
+  } else {
+    const button = el("button", { type: "button", class: "load-spend" }, "Show the sessions closest to the limit");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      button.textContent = "Reading every session's spend...";
+      try {
+        const s = await spendOf(policy);
+        button.remove();
+        fill(s);
+      } catch (error) {
+        showError(error);
+        button.disabled = false;
+      }
+    });
+    card.append(el("p", { class: "meta" }, "One budget per session."), button);
+  }
+  return card;
+}
+
+function perSession(policy) {
+  return policy.scope.includes("session");
+}
+
+function spendOf(policy) {
+  return api(`/v1/budgets/${encodeURIComponent(policy.policy_id)}/spend`, { limit: 50 });
 }
 
 function pairs(text, numeric) {
@@ -159,7 +185,9 @@ function alertsTable(alerts) {
 
 async function render(me) {
   const [{ budgets }, { alerts }] = await Promise.all([api("/v1/budgets"), api("/v1/alerts", { limit: 100 })]);
-  const spends = await Promise.all(budgets.map((b) => api(`/v1/budgets/${encodeURIComponent(b.policy_id)}/spend`, { limit: 50 })));
+  // A policy per session has a budget per session: its spend reads the ledger (no rollup has
+  // sessions), seconds over millions of events, so it is fetched when asked, not on page load.
+  const spends = await Promise.all(budgets.map((b) => (perSession(b) ? null : spendOf(b))));
   const formSlot = el("div", { id: "form-slot" });
   const reload = () => window.location.reload();
   const actions = {

@@ -25,12 +25,17 @@ function periods(month) {
   };
 }
 
+function monthName(month) {
+  const [year, m] = month.split("-").map(Number);
+  return monthStart(year, m - 1).toLocaleString("en", { month: "long", year: "numeric", timeZone: "UTC" });
+}
+
 function change(now, before) {
   const a = Number(now);
   const b = Number(before);
   if (b === 0) return a === 0 ? "no change" : "new spend";
   const pct = ((a - b) / b) * 100;
-  return `${pct >= 0 ? "+" : ""}${pct.toFixed(1)}% vs last month`;
+  return `${pct >= 0 ? "+" : ""}${pct.toFixed(1)}% vs all of last month`;
 }
 
 function kpi(id, title, value, note, tone = "") {
@@ -102,7 +107,7 @@ async function render() {
   content().replaceChildren(
     el("div", { class: "toolbar" }, el("label", { for: "month" }, "Month (UTC)"), picker),
     el("section", { class: "kpis" },
-      kpi("kpi-this", `Spend ${month}`, fmtMoney(total.cost), change(total.cost, last.total.cost)),
+      kpi("kpi-this", `Spend in ${monthName(month)}`, fmtMoney(total.cost), change(total.cost, last.total.cost)),
       kpi("kpi-last", "Last month", fmtMoney(last.total.cost), `${fmtInt(last.total.calls)} calls`),
       kpi("kpi-calls", "Calls", fmtInt(total.calls), `${fmtInt(total.input_tokens + total.output_tokens)} tokens in + out`),
       flaggedCard("kpi-unpriced", "Unpriced", flagged.unpriced, "charged a fallback rate"),

@@ -1,8 +1,20 @@
 import {
-  api, content, el, fmtInt, fmtMoney, fmtTime, percent, plot, showError, start,
+  api, content, el, fmtInt, fmtMoney, fmtTime, isoInstant, monthStart, percent, plot, showError, start,
 } from "./common.js";
 
 const STATES = ["", "active", "warned", "downgraded", "paused", "killed"];
+const PERIODS = { "24h": "last 24 hours", "7d": "last 7 days", month: "this month (UTC)" };
+
+// Sessions by spend over a bounded period read the ledger for that period only (fast over
+// millions of events); a state filter asks /v1/sessions, which starts from the (few) stopped ones.
+function periodStart(period) {
+  const now = new Date();
+  if (period === "month") return isoInstant(monthStart(now.getUTCFullYear(), now.getUTCMonth()));
+  const hours = period === "7d" ? 168 : 24;
+  const start = new Date(now.getTime() - hours * 3600 * 1000);
+  start.setUTCMinutes(0, 0, 0);
+  return isoInstant(start);
+}
 
 function searchForm(state, me, onSearch) {
   const field = (label, control) => el("label", { class: "field" }, el("span", {}, label), control);
@@ -12,12 +24,13 @@ function searchForm(state, me, onSearch) {
       field("Agent type", el("input", { name: "agent_type", id: "agent-type", value: state.agent_type || "", maxlength: "128", placeholder: "any" })),
       field("Team", el("input", { name: "team", id: "team", value: me.team || state.team || "", maxlength: "128", placeholder: "any", readonly: me.team ? true : null })),
       field("State", el("select", { name: "state", id: "state" }, STATES.map((s) => el("option", { value: s, selected: s === (state.state || "") }, s || "any")))),
+      field("Spend over", el("select", { name: "period", id: "period" }, Object.entries(PERIODS).map(([v, label]) => el("option", { value: v, selected: v === (state.period || "24h") }, label)))),
       el("div", { class: "field" }, el("span", {}, "\u00a0"), el("button", { type: "submit", class: "primary" }, "Search"))));
   node.addEventListener("submit", (event) => {
     event.preventDefault();
     const d = new FormData(node);
     const next = {};
-    for (const name of ["id", "agent_type", "team", "state"]) {
+    for (const name of ["id", "agent_type", "team", "state", "period"]) {
       const value = String(d.get(name) || "").trim();
       if (value) next[name] = value;
     }
@@ -26,15 +39,16 @@ function searchForm(state, me, onSearch) {
   return node;
 }
 
-function listTable(sessions, open) {
+function listTable(sessions, open, withState) {
   if (!sessions.length) return el("p", { class: "empty" }, "No sessions match.");
+  const heads = withState ? ["session", "state", "calls", "cost", "last event", "status at"] : ["session", "calls", "cost"];
   return el("div", { class: "table-wrap" }, el("table", { class: "report", id: "sessions-table" },
-    el("thead", {}, el("tr", {}, ["session", "state", "calls", "cost", "last event", "status at"].map((h) => el("th", { class: h === "calls" || h === "cost" ? "num" : "" }, h)))),
+    el("thead", {}, el("tr", {}, heads.map((h) => el("th", { class: h === "calls" || h === "cost" ? "num" : "" }, h)))),
     el("tbody", {}, sessions.map((s) => el("tr", {},
       el("td", {}, el("button", { type: "button", class: "link", onclick: () => open(s.session_id) }, s.session_id)),
-      el("td", {}, el("span", { class: `badge state-${s.state}` }, s.state)),
+      withState ? el("td", {}, el("span", { class: `badge state-${s.state}` }, s.state)) : null,
       el("td", { class: "num" }, fmtInt(s.calls)), el("td", { class: "num", dataset: { exact: s.cost } }, fmtMoney(s.cost)),
-      el("td", {}, fmtTime(s.last_event_at)), el("td", {}, fmtTime(s.status_updated_at)))))));
+      withState ? [el("td", {}, fmtTime(s.last_event_at)), el("td", {}, fmtTime(s.status_updated_at))] : null)))));
 }
 
 function timeline(node, events, signals) {
@@ -107,7 +121,7 @@ async function detail(id) {
 
 async function render(me) {
   const q = new URLSearchParams(window.location.search);
-  const state = Object.fromEntries([...q.entries()].filter(([k]) => ["id", "agent_type", "team", "state"].includes(k)));
+  const state = Object.fromEntries([...q.entries()].filter(([k]) => ["id", "agent_type", "team", "state", "period"].includes(k)));
   const result = el("section", { id: "sessions-result" });
   const open = async (id) => {
     window.history.replaceState(null, "", `?id=${encodeURIComponent(id)}`);
@@ -122,10 +136,16 @@ async function render(me) {
         const { node, draw } = await detail(next.id);
         result.replaceChildren(node);
         draw();
-      } else {
+      } else if (next.state) {
         const params = { agent_type: next.agent_type, team: me.team || next.team, state: next.state, limit: 100 };
         const { sessions } = await api("/v1/sessions", params);
-        result.replaceChildren(el("p", { class: "meta" }, `${sessions.length} sessions, by spend`), listTable(sessions, (id) => open(id).catch(showError)));
+        result.replaceChildren(el("p", { class: "meta" }, `${sessions.length} ${next.state} sessions, by settled spend`), listTable(sessions, (id) => open(id).catch(showError), true));
+      } else {
+        const period = PERIODS[next.period] ? next.period : "24h";
+        const params = { agent_type: next.agent_type, team: me.team || next.team, from: periodStart(period), limit: 100 };
+        const report = await api("/v1/reports/top-sessions", params);
+        const sessions = report.rows.map((r) => ({ session_id: r.group.session_id, calls: r.calls, cost: r.cost }));
+        result.replaceChildren(el("p", { class: "meta" }, `Top ${sessions.length} sessions by spend, ${PERIODS[period]}`), listTable(sessions, (id) => open(id).catch(showError), false));
       }
       document.body.dataset.ready = "yes";
     } catch (error) {
