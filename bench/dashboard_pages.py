@@ -35,6 +35,8 @@ from schemas.budgets import BudgetPolicy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dashboard_pages.json"
 MONTH = {"from": "2026-03-01T00:00:00Z", "to": "2026-04-01T00:00:00Z"}
+DAY = {"from": "2026-03-19T12:00:00Z", "to": "2026-03-20T12:00:00Z"}  # "last 24 h" at NOW
+KILLED = 2_500  # sessions with a kill status, for the stopped-sessions list
 LAST_MONTH = {"from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 SESSION = "sess-4242"
@@ -70,12 +72,21 @@ def pages(http: TestClient) -> dict[str, list[tuple[str, Callable[[], Any]]]]:
             ("csv team,project", get("/v1/chargeback", group_by="team,project", format="csv", **MONTH)),
             ("focus", get("/v1/chargeback", group_by="team,project", format="focus", **MONTH)),
         ],
-        "sessions": [
-            ("list /v1/sessions by agent type", get("/v1/sessions", agent_type="agent-3", limit=100)),
+        "sessions (list)": [
+            ("top sessions, last 24 h (the default)", get("/v1/reports/top-sessions", limit=100, **DAY)),
             (
-                "list top-sessions by agent type (month)",
+                "top sessions of an agent type, 24 h",
+                get("/v1/reports/top-sessions", agent_type="agent-3", limit=100, **DAY),
+            ),
+        ],
+        "sessions (list, month)": [
+            (
+                "top sessions of an agent type, month",
                 get("/v1/reports/top-sessions", agent_type="agent-3", limit=100, **MONTH),
             ),
+        ],
+        "sessions (list, killed)": [("killed sessions", get("/v1/sessions", state="killed", limit=100))],
+        "sessions": [
             ("session status", get(f"/v1/sessions/{SESSION}")),
             ("session events", get(f"/v1/reports/sessions/{SESSION}")),
         ],
@@ -87,20 +98,25 @@ def direct(wh: ChdbWarehouse) -> dict[str, list[tuple[str, Callable[[], Any]]]]:
     def run(sql: str, params: dict[str, Any]) -> Callable[[], Any]:
         return lambda: wh.query(sql, params)
 
-    budgets = []
+    budgets: list[tuple[str, Callable[[], Any]]] = []
+    on_demand: list[tuple[str, Callable[[], Any]]] = []
     for policy in POLICIES:
         q = spend_query(DATABASE, policy, NOW, {}, limit=50)
         assert q is not None
-        budgets.append((f"spend {policy.policy_id} ({q.source})", run(q.sql, q.params)))
+        # A per-session policy's spend is read when the user asks (button), not on page load.
+        (on_demand if "session" in policy.scope else budgets).append(
+            (f"spend {policy.policy_id} ({q.source})", run(q.sql, q.params))
+        )
     session_budgets = [("session attribution", run(*session_attribution_query(DATABASE, SESSION, None)))]
     for policy in POLICIES:
-        within = {"session": {"session_id": SESSION}, "team": {"team": "team-2"}}.get(policy.scope[0], {})
+        # The scope values of a session of team-3 (what /v1/sessions/{id}/budgets asks each policy).
+        within = {"session": {"session_id": SESSION}, "team": {"team": "team-3"}}.get(policy.scope[0], {})
         if policy.policy_id == "team-agent-7d":
-            within = {"team": "team-2", "agent_type": "agent-2"}
+            within = {"team": "team-3", "agent_type": "agent-3"}
         q = spend_query(DATABASE, policy, NOW, within, limit=1)
         assert q is not None
         session_budgets.append((f"session spend {policy.policy_id} ({q.source})", run(q.sql, q.params)))
-    return {"budgets": budgets, "sessions": session_budgets}
+    return {"budgets": budgets, "budgets (on demand)": on_demand, "sessions": session_budgets}
 
 
 def main() -> None:
@@ -123,6 +139,13 @@ def main() -> None:
                 wh.command("TRUNCATE TABLE {db:Identifier}.{t:Identifier}", {"db": DATABASE, "t": table})
             print(f"loading {args.events:,} events into {path} ...", flush=True)
             load(wh, args.events, args.chunk)
+        wh.command("TRUNCATE TABLE {db:Identifier}.session_status", {"db": DATABASE})
+        wh.command(
+            "INSERT INTO {db:Identifier}.session_status (session_id, state, signal_id, updated_at, signal, "
+            "kafka_partition, kafka_offset) SELECT concat('sess-', toString(number * 100)), 'killed', NULL, "
+            "toDateTime64('2026-03-15 00:00:00', 6, 'UTC'), '', 0, number FROM numbers({n:UInt32})",
+            {"db": DATABASE, "n": KILLED},
+        )
         settings = Settings(auth="disabled", api_host="127.0.0.1", database=DATABASE, chdb_path=path)
         with TestClient(create_app(settings, wh, with_sink=False)) as http:
             calls = pages(http)
@@ -138,6 +161,7 @@ def main() -> None:
                         call()
                         samples.append((time.perf_counter() - started) * 1000)
                     results[page][name] = summary(samples)
+                    print(f"  {page}: {name}: p50 {results[page][name]['p50_ms']} ms", flush=True)
     finally:
         wh.close()
 
