@@ -56,7 +56,7 @@ class BudgetSpend(BaseModel):
     """Biggest spenders first; settled spend in the warehouse (reservations excluded)."""
 
 
-def _cache(request: Request) -> PolicyCache:
+def policy_cache_of(request: Request) -> PolicyCache:
     try:
         cache: PolicyCache = request.app.state.admin.policies()
     except PolicyCacheUnavailable as exc:
@@ -64,13 +64,14 @@ def _cache(request: Request) -> PolicyCache:
     return cache
 
 
-def _visible(policy: BudgetPolicy, key: ApiKey) -> bool:
+def visible_to(policy: BudgetPolicy, key: ApiKey) -> bool:
+    """Whether `key` may see `policy`: every policy for an unrestricted key, its team's pinned ones otherwise."""
     return key.team is None or policy.match.get(Scope.TEAM) == key.team
 
 
 def _visible_or_404(cache: PolicyCache, policy_id: str, key: ApiKey) -> BudgetPolicy:
     policy = cache.get(policy_id)
-    if policy is None or not _visible(policy, key):
+    if policy is None or not visible_to(policy, key):
         raise NotFound(f"no budget policy {policy_id!r}", field="policy_id")
     return policy
 
@@ -79,9 +80,9 @@ def _write(request: Request, policy: BudgetPolicy, key: ApiKey, response: Respon
     if key.team is not None and policy.match.get(Scope.TEAM) != key.team:
         raise Forbidden(f"a key restricted to team {key.team!r} may only set policies with match.team equal to it",
                         field="match")  # fmt: skip
-    cache = _cache(request)
+    cache = policy_cache_of(request)
     existing = cache.get(policy.policy_id)
-    if existing is not None and not _visible(existing, key):
+    if existing is not None and not visible_to(existing, key):
         raise Forbidden(f"the policy {policy.policy_id!r} belongs to another team", field="policy_id")
     try:
         publish_policy(request.app.state.settings, policy)
@@ -96,14 +97,14 @@ def _write(request: Request, policy: BudgetPolicy, key: ApiKey, response: Respon
 
 @router.get("", response_model=BudgetList, summary="List budget policies")
 def list_budgets(request: Request, key: Annotated[ApiKey, Depends(require("reports:read"))]) -> BudgetList:
-    return BudgetList(budgets=[p for p in _cache(request).policies() if _visible(p, key)])
+    return BudgetList(budgets=[p for p in policy_cache_of(request).policies() if visible_to(p, key)])
 
 
 @router.get("/{policy_id}", response_model=BudgetPolicy, summary="One budget policy")
 def get_budget(
     request: Request, policy_id: PolicyIdPath, key: Annotated[ApiKey, Depends(require("reports:read"))]
 ) -> BudgetPolicy:
-    return _visible_or_404(_cache(request), policy_id, key)
+    return _visible_or_404(policy_cache_of(request), policy_id, key)
 
 
 @router.post(
@@ -143,7 +144,7 @@ def put_budget(
 def delete_budget(
     request: Request, policy_id: PolicyIdPath, key: Annotated[ApiKey, Depends(require("budgets:write"))]
 ) -> Response:
-    cache = _cache(request)
+    cache = policy_cache_of(request)
     _visible_or_404(cache, policy_id, key)
     try:
         delete_policy(request.app.state.settings, policy_id)
@@ -179,7 +180,7 @@ def budget_spend(
     key: Annotated[ApiKey, Depends(require("reports:read"))],
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> BudgetSpend:
-    policy = _visible_or_404(_cache(request), policy_id, key)
+    policy = _visible_or_404(policy_cache_of(request), policy_id, key)
     state = request.app.state
     now = datetime.now(UTC)
     within = {"team": key.team} if key.team is not None else {}

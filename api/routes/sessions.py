@@ -29,7 +29,7 @@ from api.errors import Forbidden, InvalidParameter, NotFound
 from api.keys import ApiKey
 from api.money import EXPONENT as CENT_EXPONENT
 from api.money import MoneyText, money
-from api.routes.budgets import _cache, _visible
+from api.routes.budgets import policy_cache_of, visible_to
 from processors.budget.ledger import scope_value
 from schemas.budgets import BudgetPolicy, Scope, Signal
 
@@ -212,8 +212,8 @@ def session_budgets(
     attribution[Scope.SESSION] = session_id
     now = datetime.now(UTC)
     budgets = []
-    for policy in _cache(request).policies():
-        if not policy.enabled or not _visible(policy, key):
+    for policy in policy_cache_of(request).policies():
+        if not policy.enabled or not visible_to(policy, key):
             continue
         value = scope_value(policy, attribution)
         if value is None:
