@@ -265,7 +265,7 @@ def status_records(now: datetime) -> dict[Any, list[tuple[str, Any]]]:
     }  # fmt: skip
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -288,6 +288,7 @@ class Dashboard:
     now: datetime
     artifacts: Path
     http: httpx.Client = field(repr=False)
+    warehouse: ChdbWarehouse | None = field(default=None, repr=False)
 
     def get(self, path: str, key: str = "admin", **params: Any) -> Any:
         r = self.http.get(path, params=params, headers={"Authorization": f"Bearer {self.keys[key]}"})
@@ -323,7 +324,7 @@ class ServerThread:
 @pytest.fixture(scope="package")
 def dashboard(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     tag = uuid.uuid4().hex[:10]
-    port = _free_port()
+    port = free_port()
     settings = Settings(
         kafka_bootstrap=kafka_broker,
         topic_prefix=f"t{tag}.",
@@ -359,7 +360,7 @@ def dashboard(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> It
             for policy in POLICIES:
                 r = http.put(f"/v1/budgets/{policy['policy_id']}", json=policy, headers=admin)
                 assert r.status_code in (200, 201), r.text
-            yield Dashboard(base_url, settings, keys, events, now, artifacts_dir(), http)
+            yield Dashboard(base_url, settings, keys, events, now, artifacts_dir(), http, wh)
     finally:
         server.stop()
         wh.close()

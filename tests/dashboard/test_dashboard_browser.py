@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.dashboard.conftest import RUNAWAY, Dashboard, month_start
+from api.app import create_app
+from tests.dashboard.conftest import RUNAWAY, Dashboard, ServerThread, free_port, month_start
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +91,9 @@ def test_login_then_every_page_renders_without_console_errors(dashboard: Dashboa
     t = tab(key=None)
     t.page.goto(dashboard.base_url + "/dashboard/overview")
     t.page.wait_for_url("**/dashboard/login", timeout=TIMEOUT_MS)  # no key yet: sent to log in
+    t.page.wait_for_selector("body[data-ready=yes]")
+    assert t.errors == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
+    t.errors.clear()  # the probe for AGENTLEDGER_AUTH=disabled, refused as it must be
     t.page.fill("#api-key", "alk_not-a-real-key")
     t.page.click("button[type=submit]")
     t.page.wait_for_selector("#error:not([hidden])")
@@ -370,3 +374,21 @@ def test_money_is_rounded_half_up_on_the_decimal_text_never_through_a_float(
         assert two == f"{want:f}".replace("-0.00", "0.00"), case
         assert Decimal(twelve) == Decimal(case).quantize(Decimal("1e-12")), case
         assert shown == cents(case).replace("$-0.00", "$0.00"), case
+
+
+def test_without_auth_on_loopback_the_dashboard_needs_no_key(dashboard: Dashboard, tab: Callable[..., Tab]) -> None:
+    """`agentledger up` runs with AGENTLEDGER_AUTH=disabled on loopback: no login page then."""
+    settings = dashboard.settings.model_copy(update={"auth": "disabled"})
+    port = free_port()
+    server = ServerThread(create_app(settings, dashboard.warehouse, with_sink=False), port)
+    server.start(f"http://127.0.0.1:{port}")
+    try:
+        t = tab(key=None)
+        t.page.goto(f"http://127.0.0.1:{port}/dashboard/overview")
+        t.wait_ready()
+        assert t.page.url.endswith("/dashboard/overview")
+        assert t.page.inner_text("#who").startswith("auth disabled")
+        everyone = dashboard.get("/v1/chargeback", group_by="team", **month_params(dashboard))
+        assert t.page.get_attribute("#kpi-this", "data-exact") == everyone["total"]["cost"]
+    finally:
+        server.stop()
