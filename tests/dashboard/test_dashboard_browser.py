@@ -324,6 +324,28 @@ def test_budgets_show_spend_against_limits_and_a_team_key_can_create_its_policy(
     assert created["limit_cost"] == "12.5" and created["match"] == {"team": "payments"}
     assert created["action"] == "pause" and created["window"] == "calendar_day"
     p.shot(dashboard, "budgets-team")
+    # Edit it: the form comes back filled in, and the change is read back from the topic.
+    p.page.click("[data-policy=payments-daily] button.edit")
+    assert p.page.input_value("#policy-limit_cost") == "12.5"
+    assert p.page.get_attribute("#policy-policy_id", "readonly") is not None
+    p.page.fill("#policy-limit_cost", "20")
+    p.page.fill("#policy-thresholds", "0.9, 1")
+    with p.page.expect_navigation(timeout=TIMEOUT_MS):  # a saved policy reloads the page
+        p.page.click("#policy-save")
+    p.wait_ready()
+    edited = dashboard.get("/v1/budgets/payments-daily", key="payments")
+    assert (edited["limit_cost"], edited["thresholds"]) == ("20", ["0.9", "1"])
+    assert "$20.00" in p.page.inner_text("[data-policy=payments-daily]")
+    # And delete it (the page asks first).
+    p.page.once("dialog", lambda dialog: dialog.accept())
+    with p.page.expect_navigation(timeout=TIMEOUT_MS):
+        p.page.click("[data-policy=payments-daily] button.danger")
+    p.wait_ready()
+    assert p.page.query_selector("[data-policy=payments-daily]") is None
+    r = dashboard.http.get(
+        "/v1/budgets/payments-daily", headers={"Authorization": f"Bearer {dashboard.keys['payments']}"}
+    )
+    assert r.status_code == 404
 
 
 def test_session_page_shows_calls_budgets_and_the_signal_that_stopped_it(
