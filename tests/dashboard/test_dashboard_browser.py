@@ -7,6 +7,7 @@ import io
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -113,6 +114,17 @@ def test_login_then_every_page_renders_without_console_errors(dashboard: Dashboa
     this = dashboard.get("/v1/chargeback", group_by="team", **month_params(dashboard))
     assert t.page.get_attribute("#kpi-this", "data-exact") == this["total"]["cost"]
     assert cents(this["total"]["cost"]) in t.page.inner_text("#kpi-this")
+    # Last month up to the same hour as now in this one, from the hourly rollup.
+    end_text = t.page.get_attribute("#kpi-last", "data-to-date-end")
+    hours = (dashboard.now - month_start(dashboard.now)) // timedelta(hours=1)
+    if end_text is None:  # the first hour of a month: nothing to compare yet
+        assert hours == 0
+    else:
+        end, last_start = datetime.fromisoformat(end_text), month_start(dashboard.now, 1)
+        assert (end - last_start) // timedelta(hours=1) in (hours, hours + 1)  # an hour may turn meanwhile
+        want = sum((e.cost for e in dashboard.events if last_start <= e.event.occurred_at < end), Decimal(0))
+        assert Decimal(t.page.get_attribute("#kpi-last", "data-to-date")) == want
+        assert f"{cents(str(want))} by the same hour" in t.page.inner_text("#kpi-last")
     flagged = dashboard.get("/v1/reports/flagged", **month_params(dashboard))
     assert flagged["unpriced"]["events"] > 0 and flagged["late"]["events"] > 0
     assert f"{flagged['unpriced']['events']} events" in t.page.inner_text("#kpi-unpriced")

@@ -19,9 +19,20 @@ function monthParam() {
 function periods(month) {
   const [year, m] = month.split("-").map(Number);
   const from = monthStart(year, m - 1);
+  const previousStart = monthStart(year, m - 2);
+  // A month in progress is compared with last month up to the same hour (whole hours: the
+  // hourly rollup answers), as well as with the whole of last month.
+  const now = new Date();
+  let sameTime = null;
+  if (now >= from && now < monthStart(year, m)) {
+    const hours = Math.floor((now - from) / 3600000);
+    const end = new Date(Math.min(previousStart.getTime() + hours * 3600000, from.getTime()));
+    if (hours > 0) sameTime = { from: isoInstant(previousStart), to: isoInstant(end) };
+  }
   return {
     current: { from: isoInstant(from), to: isoInstant(monthStart(year, m)) },
-    previous: { from: isoInstant(monthStart(year, m - 2)), to: isoInstant(from) },
+    previous: { from: isoInstant(previousStart), to: isoInstant(from) },
+    sameTime,
   };
 }
 
@@ -30,12 +41,12 @@ function monthName(month) {
   return monthStart(year, m - 1).toLocaleString("en", { month: "long", year: "numeric", timeZone: "UTC" });
 }
 
-function change(now, before) {
+function change(now, before, what) {
   const a = Number(now);
   const b = Number(before);
-  if (b === 0) return a === 0 ? "no change" : "new spend";
+  if (b === 0) return a === 0 ? `no change vs ${what}` : `new spend vs ${what}`;
   const pct = ((a - b) / b) * 100;
-  return `${pct >= 0 ? "+" : ""}${pct.toFixed(1)}% vs all of last month`;
+  return `${pct >= 0 ? "+" : ""}${pct.toFixed(1)}% vs ${what}`;
 }
 
 function kpi(id, title, value, note, tone = "") {
@@ -82,14 +93,15 @@ function topBars(node, report, dim) {
 
 async function render() {
   const month = monthParam();
-  const { current, previous } = periods(month);
+  const { current, previous, sameTime } = periods(month);
   const picker = el("input", { type: "month", id: "month", value: month, "aria-label": "month" });
   picker.addEventListener("change", () => {
     if (picker.value) window.location.assign(`/dashboard/overview?month=${picker.value}`);
   });
-  const [byDayTeam, last, projects, customers, agentTypes, models, flagged] = await Promise.all([
+  const [byDayTeam, last, lastToDate, projects, customers, agentTypes, models, flagged] = await Promise.all([
     api("/v1/chargeback", { group_by: "day,team", ...current }),
     api("/v1/chargeback", { group_by: "team", ...previous }),
+    sameTime ? api("/v1/chargeback", { group_by: "team", ...sameTime }) : null,
     api("/v1/chargeback", { group_by: "project", ...current }),
     api("/v1/chargeback", { group_by: "customer", ...current }),
     api("/v1/chargeback", { group_by: "agent_type", ...current }),
@@ -107,8 +119,10 @@ async function render() {
   content().replaceChildren(
     el("div", { class: "toolbar" }, el("label", { for: "month" }, "Month (UTC)"), picker),
     el("section", { class: "kpis" },
-      kpi("kpi-this", `Spend in ${monthName(month)}`, fmtMoney(total.cost), change(total.cost, last.total.cost)),
-      kpi("kpi-last", "Last month", fmtMoney(last.total.cost), `${fmtInt(last.total.calls)} calls`),
+      kpi("kpi-this", `Spend in ${monthName(month)}`, fmtMoney(total.cost),
+        lastToDate ? change(total.cost, lastToDate.total.cost, "last month to the same hour") : change(total.cost, last.total.cost, "last month")),
+      kpi("kpi-last", "Last month", fmtMoney(last.total.cost),
+        lastToDate ? `${fmtMoney(lastToDate.total.cost)} by the same hour · ${fmtInt(last.total.calls)} calls` : `${fmtInt(last.total.calls)} calls`),
       kpi("kpi-calls", "Calls", fmtInt(total.calls), `${fmtInt(total.input_tokens + total.output_tokens)} tokens in + out`),
       flaggedCard("kpi-unpriced", "Unpriced", flagged.unpriced, "charged a fallback rate"),
       flaggedCard("kpi-late", "Late", flagged.late, "arrived after the grace period"),
@@ -124,6 +138,7 @@ async function render() {
   document.getElementById("kpi-this").dataset.exact = total.cost;
   document.getElementById("kpi-this").title = `exact: ${total.cost}`;
   document.getElementById("kpi-last").dataset.exact = last.total.cost;
+  if (lastToDate) Object.assign(document.getElementById("kpi-last").dataset, { toDate: lastToDate.total.cost, toDateEnd: sameTime.to });
   stackedByTeam(charts.team, byDayTeam);
   topBars(charts.project, projects, "project");
   topBars(charts.customer, customers, "customer");
