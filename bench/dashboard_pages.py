@@ -7,7 +7,7 @@ budgets endpoints read their policies from Kafka; here the policies are built in
 the same query functions run against the warehouse). A page's figure is the sum of its
 calls' medians: the browser sends them in parallel, so this is an upper bound. Not a test.
 
-    .venv/bin/python -m bench.dashboard_pages [--events 10000000] [--runs 10] [--path DIR] [--keep]
+    .venv/bin/python -m bench.dashboard_pages [--events 10000000] [--runs 10] [--path DIR] [--keep] [--pages overview,...]
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "dashboard_pages.json"
 MONTH = {"from": "2026-03-01T00:00:00Z", "to": "2026-04-01T00:00:00Z"}
 DAY = {"from": "2026-03-19T12:00:00Z", "to": "2026-03-20T12:00:00Z"}  # "last 24 h" at NOW
 KILLED = 2_500  # sessions with a kill status, for the stopped-sessions list
-LAST_MONTH = {"from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}
+# The Overview looks at April (about 4.9M events) against March (about 5.1M), to the same hour too.
+OVERVIEW_MONTH = {"from": "2026-04-01T00:00:00Z", "to": "2026-05-01T00:00:00Z"}
+LAST_MONTH = {"from": "2026-03-01T00:00:00Z", "to": "2026-04-01T00:00:00Z"}
+LAST_MONTH_SAME_HOUR = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-20T12:00:00Z"}
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 SESSION = "sess-4242"
 POLICIES = (
@@ -59,33 +62,34 @@ def pages(http: TestClient) -> dict[str, list[tuple[str, Callable[[], Any]]]]:
 
     return {
         "overview": [
-            ("chargeback day,team", get("/v1/chargeback", group_by="day,team", **MONTH)),
+            ("chargeback day,team", get("/v1/chargeback", group_by="day,team", **OVERVIEW_MONTH)),
             ("chargeback team (last month)", get("/v1/chargeback", group_by="team", **LAST_MONTH)),
-            ("chargeback project", get("/v1/chargeback", group_by="project", **MONTH)),
-            ("chargeback customer", get("/v1/chargeback", group_by="customer", **MONTH)),
-            ("chargeback agent_type", get("/v1/chargeback", group_by="agent_type", **MONTH)),
-            ("spend-by-model", get("/v1/reports/spend-by-model", **MONTH)),
-            ("flagged", get("/v1/reports/flagged", **MONTH)),
+            ("chargeback team (last month, same hour)", get("/v1/chargeback", group_by="team", **LAST_MONTH_SAME_HOUR)),
+            ("chargeback project", get("/v1/chargeback", group_by="project", **OVERVIEW_MONTH)),
+            ("chargeback customer", get("/v1/chargeback", group_by="customer", **OVERVIEW_MONTH)),
+            ("chargeback agent_type", get("/v1/chargeback", group_by="agent_type", **OVERVIEW_MONTH)),
+            ("spend-by-model", get("/v1/reports/spend-by-model", **OVERVIEW_MONTH)),
+            ("flagged", get("/v1/reports/flagged", **OVERVIEW_MONTH)),
         ],
         "chargeback": [
             ("chargeback team,project", get("/v1/chargeback", group_by="team,project", **MONTH)),
             ("csv team,project", get("/v1/chargeback", group_by="team,project", format="csv", **MONTH)),
             ("focus", get("/v1/chargeback", group_by="team,project", format="focus", **MONTH)),
         ],
-        "sessions (list)": [
+        "sessions-list": [
             ("top sessions, last 24 h (the default)", get("/v1/reports/top-sessions", limit=100, **DAY)),
             (
                 "top sessions of an agent type, 24 h",
                 get("/v1/reports/top-sessions", agent_type="agent-3", limit=100, **DAY),
             ),
         ],
-        "sessions (list, month)": [
+        "sessions-list-month": [
             (
                 "top sessions of an agent type, month",
                 get("/v1/reports/top-sessions", agent_type="agent-3", limit=100, **MONTH),
             ),
         ],
-        "sessions (list, killed)": [("killed sessions", get("/v1/sessions", state="killed", limit=100))],
+        "sessions-killed": [("killed sessions", get("/v1/sessions", state="killed", limit=100))],
         "sessions": [
             ("session status", get(f"/v1/sessions/{SESSION}")),
             ("session events", get(f"/v1/reports/sessions/{SESSION}")),
@@ -116,7 +120,7 @@ def direct(wh: ChdbWarehouse) -> dict[str, list[tuple[str, Callable[[], Any]]]]:
         q = spend_query(DATABASE, policy, NOW, within, limit=1)
         assert q is not None
         session_budgets.append((f"session spend {policy.policy_id} ({q.source})", run(q.sql, q.params)))
-    return {"budgets": budgets, "budgets (on demand)": on_demand, "sessions": session_budgets}
+    return {"budgets": budgets, "budgets-on-demand": on_demand, "sessions": session_budgets}
 
 
 def main() -> None:
@@ -126,6 +130,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=2_000_000)
     parser.add_argument("--path", type=Path, default=None, help="chDB folder (reused when it holds --events)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--pages", default="", help="comma-separated page names to time (default: all)")
     args = parser.parse_args()
 
     path = args.path or Path(tempfile.mkdtemp(prefix="agentledger-bench-"))
@@ -151,6 +156,8 @@ def main() -> None:
             calls = pages(http)
             for page, extra in direct(wh).items():
                 calls[page] = calls.get(page, []) + extra
+            if args.pages:
+                calls = {p: c for p, c in calls.items() if p in args.pages.split(",")}
             for page, page_calls in calls.items():
                 results[page] = {}
                 for name, call in page_calls:
@@ -165,7 +172,9 @@ def main() -> None:
     finally:
         wh.close()
 
-    print(f"\n{args.events:,} events; report month March 2026; {args.runs} runs per call; load avg {os.getloadavg()}")
+    print(
+        f"\n{args.events:,} events; Overview: April 2026 vs March, other pages: March; {args.runs} runs per call; load avg {os.getloadavg()}"
+    )
     for page, page_calls in results.items():
         total = sum(r["p50_ms"] for r in page_calls.values())
         print(f"\n{page}: sum of p50 = {total:.0f} ms")
