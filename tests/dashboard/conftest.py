@@ -346,6 +346,8 @@ def dashboard(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "payments": store.create(["reports:read", "budgets:write"], team="payments", name="payments lead")[1],
     }
     now = datetime.now(UTC).replace(microsecond=0)
+    # In a month's first minutes "this month" would hold no event yet: date them a little ahead.
+    now = max(now, month_start(now) + timedelta(minutes=10))
     events = build_events(now) + runaway_events(now)
     server = ServerThread(create_app(settings, wh, with_sink=True), port)
     base_url = f"http://127.0.0.1:{port}"
