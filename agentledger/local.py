@@ -116,6 +116,7 @@ def run_local(settings: Settings, *, demo: bool, keep_kafka: bool) -> int:
             run_demo(settings, console=console)
         console.rule("Ready")
         console.print(f"API: [bold]{base}[/]  (OpenAPI docs: {base}/docs, chargeback: {base}/v1/chargeback)")
+        console.print(f"Dashboard: [bold]{base}/dashboard[/]")
         console.print("Press Ctrl-C to stop everything.")
         while True:
             for name, child in children.items():

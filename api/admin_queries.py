@@ -32,11 +32,26 @@ def utc_in_range(value: datetime | None, field: str) -> datetime | None:
 
 
 SESSION_STATES = ("active", "warned", "downgraded", "paused", "killed")
-_SPEND_COLUMNS = ("session_id", "team", "kind", "cost", "list_cost", "input_tokens", "output_tokens", "occurred_at")
+_SPEND_COLUMNS = (
+    "session_id",
+    "team",
+    "agent_type",
+    "kind",
+    "cost",
+    "list_cost",
+    "input_tokens",
+    "output_tokens",
+    "occurred_at",
+)
 
 
-def _spend_where(session_id: str | None, team: str | None, params: dict[str, Any]) -> str:
+def _spend_where(
+    session_id: str | None, team: str | None, params: dict[str, Any], agent_type: str | None = None
+) -> str:
     conditions = [CHARGED]
+    if agent_type is not None:
+        conditions.append("agent_type = {agent_type:String}")
+        params["agent_type"] = agent_type
     if session_id is not None:
         conditions.append("session_id = {session_id:String}")
         params["session_id"] = session_id
@@ -81,14 +96,28 @@ def session_signals_query(database: str, session_id: str) -> tuple[str, dict[str
 
 
 def sessions_query(
-    database: str, *, team: str | None, state: str | None, limit: int, offset: int
+    database: str,
+    *,
+    team: str | None,
+    state: str | None,
+    limit: int,
+    offset: int,
+    agent_type: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Sessions by spend, with their state (`active` when no signal ever reached them).
 
     With a team, only sessions with that team's events (and that team's spend); without,
-    also sessions that have a status but no settled event (stopped at their first call)."""
+    also sessions that have a status but no settled event (stopped at their first call); the
+    same with an agent type, which only events carry."""
     params: dict[str, Any] = {"database": database, "limit": limit, "offset": offset}
-    where = _spend_where(None, team, params)
+    where = _spend_where(None, team, params, agent_type)
+    if state is not None and state != "active":
+        # Stopped sessions are few: read only their events, not every session's (10M events:
+        # seconds otherwise). `active` has no such shortcut (no status row, or an active one).
+        where += (
+            " AND session_id IN (SELECT session_id FROM {database:Identifier}.session_status "
+            "GROUP BY session_id HAVING argMax(state, updated_at) = {state:String})"
+        )
     spend = (
         f"SELECT session_id, sum(cost) AS cost, {CALLS} AS calls, count() AS events, max(occurred_at) AS last_event_at "
         f"FROM ({deduplicated('database', _SPEND_COLUMNS, where)}) GROUP BY session_id"
@@ -97,7 +126,7 @@ def sessions_query(
         "SELECT session_id, argMax(state, updated_at) AS state, max(updated_at) AS status_at "
         "FROM {database:Identifier}.session_status GROUP BY session_id"
     )
-    join = "LEFT JOIN" if team is not None else "FULL OUTER JOIN"
+    join = "LEFT JOIN" if team is not None or agent_type is not None else "FULL OUTER JOIN"
     sql = (
         "SELECT session_id, if(st.state = '', 'active', st.state) AS state, sp.cost AS cost, sp.calls AS calls, "
         "if(sp.events = 0, NULL, sp.last_event_at) AS last_event_at, "

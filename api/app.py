@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agentledger.settings import Settings
 from api.admin import AdminServices
 from api.auth import check_auth_settings
+from api.dashboard import router as dashboard_router
 from api.errors import ApiError, InvalidParameter, WarehouseUnavailable
 from api.keys import KeyStore
 from api.migrations import migrate
@@ -156,4 +157,5 @@ def create_app(settings: Settings, warehouse: Warehouse | None = None, *, with_s
     app.include_router(signals.router)
     for admin_router in (budgets, sessions, alerts, prices, periods, repricing):
         app.include_router(admin_router.router)
+    app.include_router(dashboard_router)
     return app

@@ -330,3 +330,25 @@ def rollup_drift_query(database: str) -> tuple[str, dict[str, Any]]:
         "(SELECT sum(cost) AS cost, toInt64(sum(calls)) AS calls FROM {database:Identifier}.rollup_daily) AS d"
     )
     return sql, {"database": database}
+
+
+def flagged_events_queries(
+    database: str, start: datetime | None, end: datetime | None, filters: Mapping[str, str] | None = None
+) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
+    """Two (sql, params): events charged a fallback rate (`unpriced`, from the ledger, the rows the
+    rollups summed) and events flagged `late` or `clamped` (only priced_events keeps those flags,
+    deduplicated by event_id here). Both filter on (few) flagged rows, so they stay fast over a month."""
+    ledger_params: dict[str, Any] = {"database": database}
+    ledger_where = _where(LEDGER, start, end, dict(filters or {}), ledger_params)
+    unpriced = (
+        "SELECT countIf(unpriced) AS unpriced_events, sumIf(cost, unpriced) AS unpriced_cost "
+        f"FROM {{database:Identifier}}.event_ledger{ledger_where}"
+    )
+    raw_params: dict[str, Any] = {"database": database}
+    raw_where = _where(LEDGER, start, end, dict(filters or {}), raw_params) + " AND (late OR clamped)"
+    flags = (
+        "SELECT countIf(late) AS late_events, sumIf(cost, late) AS late_cost, "
+        "countIf(clamped) AS clamped_events, sumIf(cost, clamped) AS clamped_cost "
+        f"FROM ({deduplicated('database', ('late', 'clamped', 'cost'), raw_where)})"
+    )
+    return (unpriced, ledger_params), (flags, raw_params)

@@ -12,14 +12,18 @@ cannot create one without that pin, and a policy of another team (or of every te
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from api.auth import require
+from api.budget_status import scope_value_text, spend_query, spent_tokens, used_fraction
 from api.errors import Forbidden, InvalidParameter, KafkaUnavailable, NotFound
 from api.keys import ApiKey
+from api.money import MoneyText, money
 from api.policy_cache import PolicyCache, PolicyCacheUnavailable
 from processors.errors import PolicyPublishError
 from processors.policies import delete_policy, publish_policy
@@ -34,7 +38,25 @@ class BudgetList(BaseModel):
     budgets: list[BudgetPolicy]
 
 
-def _cache(request: Request) -> PolicyCache:
+class ScopeSpend(BaseModel):
+    scope_value: str
+    group: dict[str, str]
+    spent_cost: MoneyText
+    spent_tokens: int
+    fraction: Decimal
+    """The larger of spent/limit over the limits the policy sets (1 = at the limit)."""
+
+
+class BudgetSpend(BaseModel):
+    policy: BudgetPolicy
+    window_start: datetime | None
+    as_of: datetime
+    source: str
+    scopes: list[ScopeSpend]
+    """Biggest spenders first; settled spend in the warehouse (reservations excluded)."""
+
+
+def policy_cache_of(request: Request) -> PolicyCache:
     try:
         cache: PolicyCache = request.app.state.admin.policies()
     except PolicyCacheUnavailable as exc:
@@ -42,13 +64,14 @@ def _cache(request: Request) -> PolicyCache:
     return cache
 
 
-def _visible(policy: BudgetPolicy, key: ApiKey) -> bool:
+def visible_to(policy: BudgetPolicy, key: ApiKey) -> bool:
+    """Whether `key` may see `policy`: every policy for an unrestricted key, its team's pinned ones otherwise."""
     return key.team is None or policy.match.get(Scope.TEAM) == key.team
 
 
 def _visible_or_404(cache: PolicyCache, policy_id: str, key: ApiKey) -> BudgetPolicy:
     policy = cache.get(policy_id)
-    if policy is None or not _visible(policy, key):
+    if policy is None or not visible_to(policy, key):
         raise NotFound(f"no budget policy {policy_id!r}", field="policy_id")
     return policy
 
@@ -57,9 +80,9 @@ def _write(request: Request, policy: BudgetPolicy, key: ApiKey, response: Respon
     if key.team is not None and policy.match.get(Scope.TEAM) != key.team:
         raise Forbidden(f"a key restricted to team {key.team!r} may only set policies with match.team equal to it",
                         field="match")  # fmt: skip
-    cache = _cache(request)
+    cache = policy_cache_of(request)
     existing = cache.get(policy.policy_id)
-    if existing is not None and not _visible(existing, key):
+    if existing is not None and not visible_to(existing, key):
         raise Forbidden(f"the policy {policy.policy_id!r} belongs to another team", field="policy_id")
     try:
         publish_policy(request.app.state.settings, policy)
@@ -74,14 +97,14 @@ def _write(request: Request, policy: BudgetPolicy, key: ApiKey, response: Respon
 
 @router.get("", response_model=BudgetList, summary="List budget policies")
 def list_budgets(request: Request, key: Annotated[ApiKey, Depends(require("reports:read"))]) -> BudgetList:
-    return BudgetList(budgets=[p for p in _cache(request).policies() if _visible(p, key)])
+    return BudgetList(budgets=[p for p in policy_cache_of(request).policies() if visible_to(p, key)])
 
 
 @router.get("/{policy_id}", response_model=BudgetPolicy, summary="One budget policy")
 def get_budget(
     request: Request, policy_id: PolicyIdPath, key: Annotated[ApiKey, Depends(require("reports:read"))]
 ) -> BudgetPolicy:
-    return _visible_or_404(_cache(request), policy_id, key)
+    return _visible_or_404(policy_cache_of(request), policy_id, key)
 
 
 @router.post(
@@ -121,7 +144,7 @@ def put_budget(
 def delete_budget(
     request: Request, policy_id: PolicyIdPath, key: Annotated[ApiKey, Depends(require("budgets:write"))]
 ) -> Response:
-    cache = _cache(request)
+    cache = policy_cache_of(request)
     _visible_or_404(cache, policy_id, key)
     try:
         delete_policy(request.app.state.settings, policy_id)
@@ -131,3 +154,38 @@ def delete_budget(
     except PolicyCacheUnavailable as exc:
         raise KafkaUnavailable(str(exc)) from None
     return Response(status_code=204)
+
+
+def scope_spends(policy: BudgetPolicy, rows: list[dict[str, Any]], group_by: tuple[str, ...]) -> list[ScopeSpend]:
+    out = []
+    for row in rows:
+        group = {g: row[g] for g in group_by}
+        value = scope_value_text(policy, group)
+        if value is None:
+            continue  # events without a value in a scope dimension are not covered by the policy
+        cost, tokens = money(row["cost"]), spent_tokens(row)
+        out.append(ScopeSpend(scope_value=value, group=group, spent_cost=cost, spent_tokens=tokens,
+                              fraction=used_fraction(policy, cost, tokens)))  # fmt: skip
+    return out
+
+
+@router.get(
+    "/{policy_id}/spend",
+    response_model=BudgetSpend,
+    summary="A policy's settled spend per scope value in its current window, biggest first",
+)
+def budget_spend(
+    request: Request,
+    policy_id: PolicyIdPath,
+    key: Annotated[ApiKey, Depends(require("reports:read"))],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> BudgetSpend:
+    policy = _visible_or_404(policy_cache_of(request), policy_id, key)
+    state = request.app.state
+    now = datetime.now(UTC)
+    within = {"team": key.team} if key.team is not None else {}
+    query = spend_query(state.settings.database, policy, now, within, limit)
+    assert query is not None  # a visible policy pins the key's team, so the team filter agrees
+    rows = state.warehouse.query(query.sql, query.params)
+    return BudgetSpend(policy=policy, window_start=query.window_start, as_of=now, source=query.source,
+                       scopes=scope_spends(policy, rows, query.group_by))  # fmt: skip

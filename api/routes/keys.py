@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import require_unrestricted_admin
+from api.auth import authenticate, require_unrestricted_admin
 from api.errors import InvalidParameter, NotFound
 from api.keys import SCOPES, ApiKey, InvalidKeySpec, KeyStore, UnknownKey
 
@@ -49,6 +49,12 @@ def _public(key: ApiKey) -> KeyPublic:
         created_at=key.created_at,
         revoked_at=key.revoked_at,
     )
+
+
+@router.get("/me", response_model=KeyPublic, summary="The key of this request: its scopes and team")
+def current_key(key: Annotated[ApiKey, Depends(authenticate)]) -> KeyPublic:
+    """Any valid key may ask; the dashboard uses it to log in and to show what the key may do."""
+    return _public(key)
 
 
 @router.post("", response_model=KeyCreated, status_code=201, summary="Create an API key")

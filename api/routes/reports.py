@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from api.auth import require
 from api.errors import NotFound
 from api.keys import ApiKey
-from api.queries import report_query, session_events_query
+from api.money import money
+from api.queries import flagged_events_queries, report_query, session_events_query
 from api.routes.chargeback import (
     FILTER_NAMES,
     NAME_PATTERN,
@@ -177,3 +178,43 @@ def session_detail(
     for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
         sums[t] = sum(int(r[t]) for r in charged)
     return SessionDetail(session_id=session_id, events=events, total=ChargebackTotals(**totals(sums)))
+
+
+class FlaggedCount(BaseModel):
+    events: int
+    cost: MoneyText
+
+
+class FlaggedEvents(BaseModel):
+    unpriced: FlaggedCount
+    """Charged a fallback rate: the model had no price."""
+    late: FlaggedCount
+    """Arrived after the grace period: charged, but only in budget windows still open."""
+    clamped: FlaggedCount
+    """Dated too far in the future: charged at the time they were received."""
+
+
+@router.get(
+    "/flagged",
+    response_model=FlaggedEvents,
+    summary="Unpriced, late and clamped events over a period (same filters and team restriction)",
+    dependencies=[Depends(strict_query(*PERIOD_PARAMS))],
+)
+def flagged(
+    request: Request,
+    key: Annotated[ApiKey, Depends(require("reports:read"))],
+    filters: Annotated[Filters, Depends(filters_dependency)],
+    start: From = None,
+    end: To = None,
+) -> FlaggedEvents:
+    start, end = period(start, end)
+    state = request.app.state
+    where = restricted(key, filters.as_dict())
+    unpriced_q, flags_q = flagged_events_queries(state.settings.database, start, end, where)
+    [unpriced] = state.warehouse.query(*unpriced_q)
+    [flags] = state.warehouse.query(*flags_q)
+    return FlaggedEvents(
+        unpriced=FlaggedCount(events=int(unpriced["unpriced_events"]), cost=money(unpriced["unpriced_cost"])),
+        late=FlaggedCount(events=int(flags["late_events"]), cost=money(flags["late_cost"])),
+        clamped=FlaggedCount(events=int(flags["clamped_events"]), cost=money(flags["clamped_cost"])),
+    )

@@ -9,7 +9,7 @@ a session that does not exist, so session ids of other teams do not leak.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -24,11 +24,14 @@ from api.admin_queries import (
     sessions_query,
 )
 from api.auth import require
+from api.budget_status import SCOPE_COLUMN, session_attribution_query, spend_query, spent_tokens, used_fraction
 from api.errors import Forbidden, InvalidParameter, NotFound
 from api.keys import ApiKey
 from api.money import EXPONENT as CENT_EXPONENT
-from api.money import MoneyText
-from schemas.budgets import Signal
+from api.money import MoneyText, money
+from api.routes.budgets import policy_cache_of, visible_to
+from processors.budget.ledger import scope_value
+from schemas.budgets import BudgetPolicy, Scope, Signal
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -75,6 +78,24 @@ class SessionSummary(BaseModel):
     cost: MoneyText
     last_event_at: datetime | None
     status_updated_at: datetime | None
+
+
+class SessionBudget(BaseModel):
+    policy: BudgetPolicy
+    scope_value: str
+    window_start: datetime | None
+    spent_cost: MoneyText
+    spent_tokens: int
+    fraction: Decimal
+
+
+class SessionBudgets(BaseModel):
+    session_id: str
+    attribution: dict[str, str | None]
+    as_of: datetime
+    budgets: list[SessionBudget]
+    """Every policy the key may see that covers the session: settled spend of the session's
+    scope value (its session, team, ...) in the policy's current window."""
 
 
 class SessionList(BaseModel):
@@ -146,6 +167,7 @@ def list_sessions(
     key: Annotated[ApiKey, Depends(require("reports:read"))],
     state: Annotated[str | None, Query(description=f"One of: {', '.join(SESSION_STATES)}")] = None,
     team: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    agent_type: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> SessionList:
@@ -156,7 +178,9 @@ def list_sessions(
             raise Forbidden(f"the key is restricted to team {key.team!r}", field="team")
         team = key.team
     db = request.app.state.settings.database
-    rows = request.app.state.warehouse.query(*sessions_query(db, team=team, state=state, limit=limit, offset=offset))
+    rows = request.app.state.warehouse.query(
+        *sessions_query(db, team=team, state=state, limit=limit, offset=offset, agent_type=agent_type)
+    )
     sessions = [
         SessionSummary(
             session_id=r["session_id"],
@@ -169,3 +193,44 @@ def list_sessions(
         for r in rows
     ]
     return SessionList(sessions=sessions, limit=limit, offset=offset)
+
+
+@router.get(
+    "/{session_id}/budgets",
+    response_model=SessionBudgets,
+    summary="The budgets covering a session, with the spend of its scope value in each current window",
+)
+def session_budgets(
+    request: Request, session_id: SessionIdPath, key: Annotated[ApiKey, Depends(require("reports:read"))]
+) -> SessionBudgets:
+    state = request.app.state
+    wh, db = state.warehouse, state.settings.database
+    found = wh.query(*session_attribution_query(db, session_id, key.team))
+    if not found:
+        raise NotFound(f"no session {session_id!r}", field="session_id")
+    attribution: dict[Scope, str | None] = {dim: found[0].get(col) for dim, col in SCOPE_COLUMN.items()}
+    attribution[Scope.SESSION] = session_id
+    now = datetime.now(UTC)
+    budgets = []
+    for policy in policy_cache_of(request).policies():
+        if not policy.enabled or not visible_to(policy, key):
+            continue
+        value = scope_value(policy, attribution)
+        if value is None:
+            continue
+        within = {SCOPE_COLUMN[dim]: attribution[dim] for dim in policy.scope}
+        query = spend_query(db, policy, now, {k: v for k, v in within.items() if v is not None}, limit=1)
+        if query is None:
+            continue
+        rows = wh.query(query.sql, query.params)
+        cost = money(rows[0]["cost"]) if rows else money(0)
+        tokens = spent_tokens(rows[0]) if rows else 0
+        budgets.append(SessionBudget(policy=policy, scope_value=value, window_start=query.window_start,
+                                     spent_cost=cost, spent_tokens=tokens,
+                                     fraction=used_fraction(policy, cost, tokens)))  # fmt: skip
+    return SessionBudgets(
+        session_id=session_id,
+        attribution={dim.value: v for dim, v in attribution.items()},
+        as_of=now,
+        budgets=budgets,
+    )
