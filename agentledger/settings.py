@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     sink_group: str = "agentledger-sink"
     sink_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     sink_batch_seconds: float = Field(default=1.0, gt=0, le=60)
+    sink_fault_crash_file: Path | None = None
+    """Fault injection for the chaos tests only; leave unset. While this file exists, the sink
+    process exits at once (os._exit, no clean-up) after a batch's inserts and before it commits
+    their offsets: the crash that the insert deduplication tokens and the event ledger absorb."""
 
     # api
     api_host: str = "127.0.0.1"

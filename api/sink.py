@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import signal
 import threading
 import time
@@ -70,6 +71,10 @@ _LEDGER_INDEX = tuple(PRICED_EVENT_COLUMNS.index(c) for c in LEDGER_COLUMNS)
 
 _PRICE_FIELDS = ("cost", "list_cost", "input_cost", "output_cost", "currency", "price_source", "price_version",
                  "unpriced", "late", "clamped")  # fmt: skip
+
+
+CRASH_EXIT_CODE = 75
+"""The exit code of a sink crashed on purpose by `sink_fault_crash_file` (chaos tests)."""
 
 
 class SinkError(Exception):
@@ -323,6 +328,9 @@ class Sink:
             remaining = self._producer.flush(30)
             if remaining or self._dlq_errors:
                 raise SinkError(f"dead letters not delivered: {self._dlq_errors or remaining}")
+        if self.settings.sink_fault_crash_file is not None and self.settings.sink_fault_crash_file.exists():
+            log.warning("sink.fault_injected_crash", rows_inserted=self.rows_inserted)
+            os._exit(CRASH_EXIT_CODE)
         self._commit([TopicPartition(self.topic, p, o + 1) for p, o in sorted(self._seen.items())])
         self._pending.clear()
         self._seen.clear()

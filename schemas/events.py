@@ -39,7 +39,8 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 TagValue = Annotated[str, StringConstraints(max_length=128)]
 EventId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
+"""A token count: an integer, never a string or a float that looks like one."""
 Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, max_digits=24, decimal_places=12)]
 SignedMoney = Annotated[Decimal, Field(ge=-MAX_MONEY, le=MAX_MONEY, max_digits=24, decimal_places=12)]
 

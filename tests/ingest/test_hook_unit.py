@@ -155,7 +155,7 @@ def test_production_mode_counts_invalid_events_and_never_raises(hook, caplog: py
     lines = [r.getMessage() for r in caplog.records if "invalid cost event" in r.getMessage()]
     assert lines == [
         "agentledger: invalid cost event dropped (input_tokens: greater_than_equal)",
-        "agentledger: invalid cost event dropped (input_tokens: int_parsing)",
+        "agentledger: invalid cost event dropped (input_tokens: int_type)",
         "agentledger: invalid cost event dropped (duration_ms: greater_than_equal)",
     ]
 
