@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -15,11 +16,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from agentledger.settings import Settings
-from api.warehouse import Warehouse
+from api.warehouse import Warehouse, open_warehouse
 from api.warehouse.chdb import ChdbWarehouse
+from api.warehouse.clickhouse import ClickHouseWarehouse
 from schemas import codec
 from schemas.events import CostEvent, EventKind, PricedEvent, derive_event_id
 from schemas.topics import PRICED_EVENTS, topic_name
+from tests.api.clickhouse_http import ChdbFront, serve_chdb
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -108,6 +111,37 @@ def warehouse_factory() -> Iterator[Callable[[Settings], Warehouse]]:
     yield make
     for wh in opened:
         wh.close()
+
+
+@pytest.fixture
+def server_warehouse_factory() -> Iterator[Callable[[Settings], tuple[Settings, Warehouse, ChdbFront]]]:
+    """The server adapter (clickhouse-connect over HTTP) for the settings' chDB folder.
+
+    Serves the folder through the test HTTP front (tests/api/clickhouse_http.py) and returns
+    the settings with `clickhouse_url` pointing at it, the warehouse `open_warehouse` makes of
+    them, and the front. Everything is closed at the end of the test."""
+    stack = contextlib.ExitStack()
+
+    def make(settings: Settings) -> tuple[Settings, Warehouse, ChdbFront]:
+        url, front = stack.enter_context(serve_chdb(settings.chdb_path))
+        served = settings.model_copy(update={"clickhouse_url": f"{url}/default"})
+        wh = open_warehouse(served)
+        assert isinstance(wh, ClickHouseWarehouse)
+        stack.callback(wh.close)
+        return served, wh, front
+
+    with stack:
+        yield make
+
+
+@pytest.fixture(params=["chdb", "clickhouse"])
+def any_warehouse_factory(
+    request: pytest.FixtureRequest, warehouse_factory: Callable[[Settings], Warehouse], server_warehouse_factory: Any
+) -> Callable[[Settings], Warehouse]:
+    """Each test that uses it runs twice: on the embedded adapter and on the server adapter."""
+    if request.param == "chdb":
+        return warehouse_factory
+    return lambda settings: server_warehouse_factory(settings)[1]
 
 
 def _high_watermark(consumer: Consumer, tp: TopicPartition) -> int:

@@ -1,4 +1,8 @@
-"""The embedded warehouse for real: migrations, exact Decimals, bound parameters, dedup tokens."""
+"""Both warehouse adapters for real: migrations, exact Decimals, bound parameters, dedup tokens.
+
+Tests taking `ready` or `any_warehouse_factory` run on the embedded chDB adapter and on the
+server adapter (clickhouse-connect over HTTP to the test front in tests/api/clickhouse_http.py,
+which carries each request to the same ClickHouse engine)."""
 
 from __future__ import annotations
 
@@ -17,9 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def ready(settings_factory, warehouse_factory):
+def ready(settings_factory, any_warehouse_factory):
     settings = settings_factory()
-    wh = warehouse_factory(settings)
+    wh = any_warehouse_factory(settings)
     migrate(wh, settings.database)
     return settings, wh
 
@@ -28,9 +32,9 @@ def _raw_count(wh, database):
     return wh.query("SELECT count() AS n FROM {db:Identifier}.priced_events", {"db": database})[0]["n"]
 
 
-def test_migrations_twice_is_a_no_op(settings_factory, warehouse_factory):
+def test_migrations_twice_is_a_no_op(settings_factory, any_warehouse_factory):
     settings = settings_factory()
-    wh = warehouse_factory(settings)
+    wh = any_warehouse_factory(settings)
     every = [m.name for m in load_migrations()]
     assert every[:2] == ["0001_priced_events.sql", "0002_api_keys.sql"]
     assert migrate(wh, settings.database) == every
@@ -106,8 +110,9 @@ def test_every_allowed_dimension_runs_and_adds_up(ready, priced_event_factory, d
         assert sorted({str(r["day"]) for r in result}) == ["2026-03-01", "2026-03-02", "2026-03-03"]
 
 
-def test_a_second_process_on_the_folder_gets_warehouse_locked(ready):
-    settings, _wh = ready
+def test_a_second_process_on_the_folder_gets_warehouse_locked(settings_factory, warehouse_factory):
+    settings = settings_factory()
+    warehouse_factory(settings)
     code = (
         "import sys; from pathlib import Path; from api.warehouse import WarehouseLocked\n"
         "from api.warehouse.chdb import ChdbWarehouse\n"

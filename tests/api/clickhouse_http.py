@@ -1,0 +1,393 @@
+"""A test-only HTTP front for chDB: the part of ClickHouse's HTTP interface clickhouse-connect uses.
+
+No ClickHouse server can be installed here, so the server adapter (api/warehouse/clickhouse.py)
+is tested against this front instead. It reads no SQL: every request is carried to a chDB
+connection (the ClickHouse engine, in this process) and the engine's answer is carried back.
+
+What it does, as ClickHouse's HTTP handler does:
+
+- the statement is the `query` URL parameter and the request body, joined by a newline (so an
+  INSERT's data follows its `FORMAT` clause), or the `query` field of a multipart form;
+- `param_<name>` URL parameters or form fields are bound by the engine as `{name:Type}` values;
+- every other URL parameter that is not an HTTP-interface parameter is a setting, applied to
+  that one request (`SET` before, the previous values restored after);
+- `database` is the current database, `default_format` the output format when the statement
+  has no FORMAT clause (else TabSeparated), `query_id` is echoed;
+- `session_id` keeps one chDB connection per session (its `SET`s, temporary tables and current
+  database persist); a request without one gets a fresh connection;
+- request bodies in Content-Encoding lz4 (frame), zstd, gzip or deflate, and chunked transfer
+  encoding, are decoded; with `enable_http_compression=1` the response is compressed in the
+  first of the client's Accept-Encoding that is one of those;
+- errors are HTTP 500 with `X-ClickHouse-Exception-Code` and the engine's own
+  `Code: N. DB::Exception: ...` text; `/ping` and `/` answer `Ok.`;
+- headers: X-ClickHouse-Summary (read/written rows and bytes, elapsed, from the engine),
+  X-ClickHouse-Query-Id, X-ClickHouse-Timezone, X-ClickHouse-Server-Display-Name.
+
+What it does not do: authentication (any user is accepted), X-ClickHouse-Format (knowing the
+output format would need reading the statement), `client_protocol_version` (the engine writes
+Native without block info, the driver's probe notices and uses protocol 0, as behind a proxy
+that drops the parameter), ClickHouse's own block compression (`compress`/`decompress`=1 are
+refused), external data tables, progress headers, streaming (a response is sent once the
+statement has finished, as with `wait_end_of_query=1`), HTTP status codes other than 500 for
+errors, and concurrent requests in one session are serialised instead of refused. chDB takes
+INSERT data inline in the statement text, so `max_query_size` is raised to the request's length
+for that request (a server would stream the data past it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import re
+import socket
+import threading
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import lz4.frame
+from backports import zstd
+from chdb import session as chdb_session
+
+# Parameters ClickHouse's HTTP handler reads itself; every other one is a setting.
+HTTP_PARAMETERS = frozenset(
+    {
+        "query", "compress", "decompress", "user", "password", "quota_key", "query_id", "stacktrace", "role",
+        "buffer_size", "wait_end_of_query", "session_id", "session_timeout", "session_check",
+        "client_protocol_version", "close_session", "database", "default_format",
+    }
+)  # fmt: skip
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CODE = re.compile(r"Code: (\d+)\.")
+DISPLAY_NAME = "chdb-http-front"
+DEFAULT_MAX_QUERY_SIZE = 262144
+
+
+class FrontError(Exception):
+    """A request this front cannot carry (not an engine error): answered with HTTP 501/400."""
+
+    def __init__(self, message: str, status: int = 501) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request, as the engine will see it."""
+
+    statement: bytes
+    params: dict[str, str]
+    settings: dict[str, str]
+    database: str | None
+    default_format: str
+    session_id: str | None
+    query_id: str
+    accept_encoding: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# -- request decoding (pure) ------------------------------------------------------------------
+
+
+def decode_body(body: bytes, content_encoding: str | None) -> bytes:
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding == "lz4":
+        return lz4.frame.decompress(body)
+    if encoding == "zstd":
+        return zstd.decompress(body)
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    raise FrontError(f"Content-Encoding {encoding!r} is not supported by the test front")
+
+
+def encode_body(body: bytes, encoding: str) -> bytes:
+    if encoding == "lz4":
+        return lz4.frame.compress(body)
+    if encoding == "zstd":
+        return zstd.compress(body)
+    if encoding == "gzip":
+        return gzip.compress(body)
+    return zlib.compress(body)
+
+
+def response_encoding(accept: tuple[str, ...]) -> str | None:
+    for name in accept:
+        if name in ("lz4", "zstd", "gzip", "deflate"):
+            return name
+    return None
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The text fields of a multipart/form-data body; a file field (external data) is refused."""
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():  # type: ignore[attr-defined]
+        if part.get_filename() is not None:
+            raise FrontError("external data tables are not supported by the test front")
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        fields[str(name)] = payload.decode()
+    return fields
+
+
+def parse_call(query_string: str, headers: dict[str, str], body: bytes) -> Call:
+    """A request's statement, bound parameters, settings and HTTP-interface parameters."""
+    url = dict(parse_qsl(query_string, keep_blank_values=True))
+    for flag in ("compress", "decompress"):
+        if url.get(flag, "0") not in ("0", "false", ""):
+            raise FrontError(f"{flag}=1 (ClickHouse block compression) is not supported by the test front")
+    body = decode_body(body, headers.get("content-encoding"))
+    content_type = headers.get("content-type", "")
+    params = {k[len("param_") :]: v for k, v in url.items() if k.startswith("param_")}
+    query = url.get("query", "")
+    if content_type.startswith("multipart/form-data"):
+        fields = form_fields(content_type, body)
+        query = fields.pop("query", query)
+        params.update({k[len("param_") :]: v for k, v in fields.items() if k.startswith("param_")})
+        body = b""
+    statement = (query.encode() + b"\n" + body) if query and body else (query.encode() or body)
+    settings = {k: v for k, v in url.items() if k not in HTTP_PARAMETERS and not k.startswith("param_")}
+    for name in settings:
+        if not _SETTING_NAME.match(name):
+            raise FrontError(f"not a setting name: {name[:64]!r}", status=400)
+    accept = tuple(e.strip().lower() for e in headers.get("accept-encoding", "").split(",") if e.strip())
+    compress = settings.get("enable_http_compression", "0") in ("1", "true")
+    return Call(
+        statement=statement,
+        params=params,
+        settings=settings,
+        database=url.get("database") or None,
+        default_format=url.get("default_format") or "TabSeparated",
+        session_id=url.get("session_id") or None,
+        query_id=url.get("query_id") or str(uuid.uuid4()),
+        accept_encoding=accept if compress else (),
+    )
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def set_statement(settings: dict[str, str]) -> str:
+    """One SET for the request's settings; names were checked, values are string literals,
+    which the engine converts to each setting's type (as it does for URL parameters)."""
+    return "SET " + ", ".join(f"`{name}` = {_quote(value)}" for name, value in settings.items())
+
+
+def error_answer(message: str, version: str) -> Answer:
+    match = _CODE.search(message)
+    headers = {"Content-Type": "text/plain; charset=UTF-8"}
+    if match:
+        headers["X-ClickHouse-Exception-Code"] = match.group(1)
+    return Answer(500, f"{message.strip()} (version {version})\n".encode(), headers)
+
+
+# -- execution on chDB ----------------------------------------------------------------------
+
+
+@dataclass
+class _Connection:
+    session: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ChdbFront:
+    """The engine side: chDB connections on one data folder, one per HTTP session."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path.resolve())
+        # Held for the front's lifetime: it keeps the embedded engine up between requests.
+        self._anchor = chdb_session.Session(self.path)
+        version, tz = self._anchor.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split("\t")
+        self.version, self.timezone = version, tz.strip()
+        self._sessions: dict[str, _Connection] = {}
+        self._sessions_lock = threading.Lock()
+        self.requests = 0
+
+    def _connection(self, session_id: str | None) -> tuple[_Connection, bool]:
+        if session_id is None:
+            return _Connection(chdb_session.Session(self.path)), True
+        with self._sessions_lock:
+            conn = self._sessions.get(session_id)
+            if conn is None:
+                conn = self._sessions[session_id] = _Connection(chdb_session.Session(self.path))
+            return conn, False
+
+    def execute(self, call: Call) -> Answer:
+        self.requests += 1
+        conn, fresh = self._connection(call.session_id)
+        try:
+            with conn.lock:
+                return self._execute(conn.session, call, restore=not fresh)
+        finally:
+            if fresh:
+                conn.session.close()
+
+    def _execute(self, session: Any, call: Call, *, restore: bool) -> Answer:
+        settings = dict(call.settings)
+        if len(call.statement) > DEFAULT_MAX_QUERY_SIZE and "max_query_size" not in settings:
+            settings["max_query_size"] = str(len(call.statement) + 1)
+        try:
+            previous = self._snapshot(session, settings) if restore and (settings or call.database) else None
+            try:
+                if settings:
+                    session.query(set_statement(settings), "TabSeparated")
+                if call.database:
+                    session.query(f"USE `{call.database.replace('`', '``')}`", "TabSeparated")
+                result = session.query(call.statement, call.default_format, params=call.params)
+            finally:
+                if previous is not None:
+                    self._restore(session, *previous)
+        except RuntimeError as exc:  # chDB raises ChdbError (a RuntimeError) with the engine's text
+            return error_answer(str(exc), self.version)
+        summary = {
+            "read_rows": str(result.rows_read()),
+            "read_bytes": str(result.bytes_read()),
+            "written_rows": str(result.rows_written()),
+            "written_bytes": str(result.bytes_written()),
+            "elapsed_ns": str(int(result.elapsed() * 1e9)),
+        }
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-ClickHouse-Query-Id": call.query_id,
+            "X-ClickHouse-Timezone": settings.get("session_timezone") or self.timezone,
+            "X-ClickHouse-Server-Display-Name": DISPLAY_NAME,
+            "X-ClickHouse-Summary": json.dumps(summary),
+        }
+        body = result.bytes()
+        encoding = response_encoding(call.accept_encoding)
+        if encoding is not None:
+            body = encode_body(body, encoding)
+            headers["Content-Encoding"] = encoding
+        return Answer(200, body, headers)
+
+    @staticmethod
+    def _snapshot(session: Any, settings: dict[str, str]) -> tuple[str, dict[str, str]]:
+        raw = session.query(
+            "SELECT currentDatabase() AS db, name, value FROM system.settings WHERE name IN {names:Array(String)}",
+            "JSONCompact",
+            params={"names": "[" + ",".join(_quote(n) for n in settings) + "]"},
+        ).bytes()
+        rows = json.loads(raw)["data"] if raw.strip() else []
+        database = rows[0][0] if rows else session.query("SELECT currentDatabase()", "TabSeparated").bytes().decode()
+        return database.strip(), {name: value for _db, name, value in rows}
+
+    @staticmethod
+    def _restore(session: Any, database: str, values: dict[str, str]) -> None:
+        if values:
+            session.query(set_statement(values), "TabSeparated")
+        session.query(f"USE `{database.replace('`', '``')}`", "TabSeparated")
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for conn in self._sessions.values():
+                with conn.lock:
+                    conn.session.close()
+            self._sessions.clear()
+        self._anchor.close()
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+def _read_chunked(rfile: Any) -> bytes:
+    out = bytearray()
+    while True:
+        size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return bytes(out)
+        out += rfile.read(size)
+        rfile.readline()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as urllib3's pool expects
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes: without this, Nagle's algorithm holds the
+        # second until the client's delayed ACK, 40 ms per request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet under pytest
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return _read_chunked(self.rfile)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, answer: Answer) -> None:
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    def _handle(self) -> None:
+        parts = urlsplit(self.path)
+        body = self._body()
+        if parts.path == "/ping" or (parts.path == "/" and not parts.query and not body):
+            self._send(Answer(200, b"Ok.\n", {"Content-Type": "text/html; charset=UTF-8"}))
+            return
+        if parts.path != "/":
+            self._send(Answer(404, b"There is no handle " + parts.path.encode() + b"\n"))
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            call = parse_call(parts.query, headers, body)
+        except FrontError as exc:
+            self._send(Answer(exc.status, f"{exc}\n".encode(), {"Content-Type": "text/plain"}))
+            return
+        self._send(self.server.front.execute(call))
+
+    do_GET = _handle
+    do_POST = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    front: ChdbFront
+
+
+@contextlib.contextmanager
+def serve_chdb(path: Path) -> Iterator[tuple[str, ChdbFront]]:
+    """Serve the chDB folder `path` on an ephemeral 127.0.0.1 port: yields (base URL, front).
+
+    The folder may be open elsewhere in this process too (chDB allows one folder per process,
+    shared by all its connections)."""
+    front = ChdbFront(path)
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.front = front
+    thread = threading.Thread(target=server.serve_forever, name="chdb-http-front", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", front
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        front.close()
