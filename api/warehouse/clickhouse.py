@@ -1,13 +1,17 @@
 """ClickHouse server through clickhouse-connect (HTTP), selected by CLICKHOUSE_URL.
 
 Same SQL as chDB: `{name:Type}` placeholders are bound server-side by clickhouse-connect
-when parameters are a dict. Values are pre-rendered by `bind_value` so both adapters send
-identical text. Not exercised by the test suite (no server here); see tests/api for what is.
+when parameters are a dict. clickhouse-connect escapes each value itself, so it is handed
+what makes the server read the same value chDB reads from `bind_value` (`server_params`).
+Results come back in the chDB adapter's types: FixedString as str, DateTime as aware UTC.
+Tested in tests/api against the real engine behind a minimal HTTP front (see
+tests/api/clickhouse_http.py for which parts of the protocol that covers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import clickhouse_connect
@@ -17,11 +21,39 @@ from api.warehouse import (
     Params,
     Row,
     WarehouseError,
-    bind_params,
+    bind_value,
     check_dedup_token,
     check_identifier,
     error_from_message,
 )
+
+# FixedString (event_id) as text, as chDB returns it; bytes would never equal a str id.
+QUERY_FORMATS = {"FixedString": "string"}
+
+
+def server_value(value: Any) -> Any:
+    """The value to give clickhouse-connect so that the server reads what chDB reads from
+    `bind_value(value)`: clickhouse-connect escapes strings and quotes array elements itself
+    (a pre-escaped string would be escaped twice), and sends None as NULL. Every other value
+    is rendered by `bind_value`, whose text has nothing to escape."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value):
+            raise WarehouseError("arrays are bound as arrays of strings or integers only")
+        return list(value)
+    return bind_value(value)
+
+
+def server_params(params: Params | None) -> dict[str, Any]:
+    return {name: server_value(value) for name, value in (params or {}).items()}
+
+
+def _utc(value: Any) -> Any:
+    # chDB reads a naive datetime as UTC; clickhouse-connect would read it as local time.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def _wrap(exc: Exception) -> WarehouseError:
@@ -34,19 +66,22 @@ class ClickHouseWarehouse:
 
     def __init__(self, url: str) -> None:
         try:
-            self._client = clickhouse_connect.get_client(dsn=url)
+            # No session: the sink thread and API threads share this client, and a session
+            # admits one query at a time. Aware UTC datetimes, as the chDB adapter returns.
+            self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False, tz_mode="aware")
         except ClickHouseError as exc:
             raise _wrap(exc) from exc
 
     def command(self, sql: str, params: Params | None = None) -> None:
         try:
-            self._client.command(sql, parameters=bind_params(params))
+            self._client.command(sql, parameters=server_params(params))
         except ClickHouseError as exc:
             raise _wrap(exc) from exc
 
     def query(self, sql: str, params: Params | None = None) -> list[Row]:
         try:
-            return list(self._client.query(sql, parameters=bind_params(params)).named_results())
+            result = self._client.query(sql, parameters=server_params(params), query_formats=QUERY_FORMATS)
+            return list(result.named_results())
         except ClickHouseError as exc:
             raise _wrap(exc) from exc
 
@@ -67,7 +102,7 @@ class ClickHouseWarehouse:
         try:
             self._client.insert(
                 check_identifier(table),
-                [list(r) for r in rows],
+                [[_utc(v) for v in r] for r in rows],
                 column_names=list(columns),
                 database=check_identifier(database),
                 settings=settings,

@@ -16,8 +16,9 @@ What it does, as ClickHouse's HTTP handler does:
 - `session_id` keeps one chDB connection per session (its `SET`s, temporary tables and current
   database persist); a request without one gets a fresh connection;
 - request bodies in Content-Encoding lz4 (frame), zstd, gzip or deflate, and chunked transfer
-  encoding, are decoded; with `enable_http_compression=1` the response is compressed in the
-  first of the client's Accept-Encoding that is one of those;
+  encoding, are decoded; with `enable_http_compression` on (the URL's value, else the engine's
+  default at start-up, which is on in chDB) the response is compressed in the first of the
+  client's Accept-Encoding that is one of those;
 - errors are HTTP 500 with `X-ClickHouse-Exception-Code` and the engine's own
   `Code: N. DB::Exception: ...` text; `/ping` and `/` answer `Ok.`;
 - headers: X-ClickHouse-Summary (read/written rows and bytes, elapsed, from the engine),
@@ -36,6 +37,7 @@ for that request (a server would stream the data past it).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gzip
 import json
@@ -169,7 +171,6 @@ def parse_call(query_string: str, headers: dict[str, str], body: bytes) -> Call:
         if not _SETTING_NAME.match(name):
             raise FrontError(f"not a setting name: {name[:64]!r}", status=400)
     accept = tuple(e.strip().lower() for e in headers.get("accept-encoding", "").split(",") if e.strip())
-    compress = settings.get("enable_http_compression", "0") in ("1", "true")
     return Call(
         statement=statement,
         params=params,
@@ -178,7 +179,7 @@ def parse_call(query_string: str, headers: dict[str, str], body: bytes) -> Call:
         default_format=url.get("default_format") or "TabSeparated",
         session_id=url.get("session_id") or None,
         query_id=url.get("query_id") or str(uuid.uuid4()),
-        accept_encoding=accept if compress else (),
+        accept_encoding=accept,
     )
 
 
@@ -218,9 +219,18 @@ class ChdbFront:
         self._anchor = chdb_session.Session(self.path)
         version, tz = self._anchor.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split("\t")
         self.version, self.timezone = version, tz.strip()
+        # The engine's own default (chDB: on; a server: off) decides when the URL does not.
+        default = "SELECT value FROM system.settings WHERE name = 'enable_http_compression'"
+        self.http_compression = self._anchor.query(default, "TabSeparated").bytes().decode().strip()
         self._sessions: dict[str, _Connection] = {}
         self._sessions_lock = threading.Lock()
-        self.requests = 0
+        # What went over the wire ("request:lz4", "response:lz4", "form", "chunked", ...):
+        # lets tests prove a path of the protocol was taken.
+        self.wire: collections.Counter[str] = collections.Counter()
+
+    def count(self, what: str) -> None:
+        with self._sessions_lock:
+            self.wire[what] += 1
 
     def _connection(self, session_id: str | None) -> tuple[_Connection, bool]:
         if session_id is None:
@@ -232,7 +242,7 @@ class ChdbFront:
             return conn, False
 
     def execute(self, call: Call) -> Answer:
-        self.requests += 1
+        self.count("requests")
         conn, fresh = self._connection(call.session_id)
         try:
             with conn.lock:
@@ -273,10 +283,12 @@ class ChdbFront:
             "X-ClickHouse-Summary": json.dumps(summary),
         }
         body = result.bytes()
-        encoding = response_encoding(call.accept_encoding)
+        compress = settings.get("enable_http_compression", self.http_compression) in ("1", "true")
+        encoding = response_encoding(call.accept_encoding) if compress else None
         if encoding is not None:
             body = encode_body(body, encoding)
             headers["Content-Encoding"] = encoding
+            self.count(f"response:{encoding}")
         return Answer(200, body, headers)
 
     @staticmethod
@@ -335,6 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.server.front.count("chunked")
             return _read_chunked(self.rfile)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
@@ -357,12 +370,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(Answer(404, b"There is no handle " + parts.path.encode() + b"\n"))
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
+        front = self.server.front
+        if "content-encoding" in headers:
+            front.count(f"request:{headers['content-encoding']}")
+        if headers.get("content-type", "").startswith("multipart/form-data"):
+            front.count("form")
         try:
             call = parse_call(parts.query, headers, body)
         except FrontError as exc:
             self._send(Answer(exc.status, f"{exc}\n".encode(), {"Content-Type": "text/plain"}))
             return
-        self._send(self.server.front.execute(call))
+        self._send(front.execute(call))
 
     do_GET = _handle
     do_POST = _handle
