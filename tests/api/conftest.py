@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -98,40 +99,44 @@ def produce_priced() -> Callable[..., None]:
     return produce
 
 
+def open_served(stack: contextlib.ExitStack, settings: Settings) -> tuple[Settings, Warehouse, ChdbFront]:
+    """Serve the settings' chDB folder through the test HTTP front (tests/api/clickhouse_http.py)
+    and open the server adapter on it: the settings with `clickhouse_url` pointing at the front,
+    the warehouse `open_warehouse` makes of them, and the front. `stack` closes them."""
+    url, front = stack.enter_context(serve_chdb(settings.chdb_path))
+    served = settings.model_copy(update={"clickhouse_url": url})
+    wh = open_warehouse(served)
+    assert isinstance(wh, ClickHouseWarehouse)
+    stack.callback(wh.close)
+    return served, wh, front
+
+
+TEST_WAREHOUSE = os.environ.get("AGENTLEDGER_TEST_WAREHOUSE", "chdb")
+"""`clickhouse` makes `warehouse_factory` hand out the server adapter (through the test HTTP
+front) instead of chDB: a sweep of every test written against the embedded adapter."""
+
+
 @pytest.fixture
 def warehouse_factory() -> Iterator[Callable[[Settings], Warehouse]]:
-    """A chDB warehouse on the settings' folder, closed at the end of the test."""
-    opened: list[Warehouse] = []
+    """A chDB warehouse on the settings' folder, closed at the end of the test (the server
+    adapter on that folder when AGENTLEDGER_TEST_WAREHOUSE=clickhouse)."""
+    with contextlib.ExitStack() as stack:
 
-    def make(settings: Settings) -> Warehouse:
-        wh = ChdbWarehouse(settings.chdb_path)
-        opened.append(wh)
-        return wh
+        def make(settings: Settings) -> Warehouse:
+            if TEST_WAREHOUSE == "clickhouse":
+                return open_served(stack, settings)[1]
+            wh = ChdbWarehouse(settings.chdb_path)
+            stack.callback(wh.close)
+            return wh
 
-    yield make
-    for wh in opened:
-        wh.close()
+        yield make
 
 
 @pytest.fixture
 def server_warehouse_factory() -> Iterator[Callable[[Settings], tuple[Settings, Warehouse, ChdbFront]]]:
-    """The server adapter (clickhouse-connect over HTTP) for the settings' chDB folder.
-
-    Serves the folder through the test HTTP front (tests/api/clickhouse_http.py) and returns
-    the settings with `clickhouse_url` pointing at it, the warehouse `open_warehouse` makes of
-    them, and the front. Everything is closed at the end of the test."""
-    stack = contextlib.ExitStack()
-
-    def make(settings: Settings) -> tuple[Settings, Warehouse, ChdbFront]:
-        url, front = stack.enter_context(serve_chdb(settings.chdb_path))
-        served = settings.model_copy(update={"clickhouse_url": f"{url}/default"})
-        wh = open_warehouse(served)
-        assert isinstance(wh, ClickHouseWarehouse)
-        stack.callback(wh.close)
-        return served, wh, front
-
-    with stack:
-        yield make
+    """`open_served` for the test: the server adapter on the settings' folder, closed at the end."""
+    with contextlib.ExitStack() as stack:
+        yield lambda settings: open_served(stack, settings)
 
 
 @pytest.fixture(params=["chdb", "clickhouse"])

@@ -31,12 +31,10 @@ from api.migrations import migrate
 from api.queries import rollup_drift_query
 from api.reports import focus
 from api.sink import Sink
-from api.warehouse import Warehouse, open_warehouse
+from api.warehouse import Warehouse
 from api.warehouse.chdb import ChdbWarehouse
-from api.warehouse.clickhouse import ClickHouseWarehouse
 from schemas.events import CostEvent, EventKind, PricedEvent, derive_event_id
-from tests.api.clickhouse_http import serve_chdb
-from tests.api.conftest import SinkThread, wait_caught_up
+from tests.api.conftest import SinkThread, open_served, wait_caught_up
 from tests.conftest import delete_test_topics
 
 pytestmark = pytest.mark.integration
@@ -208,12 +206,9 @@ def loaded(
         wh: Warehouse
         if request.param == "chdb":
             wh = ChdbWarehouse(settings.chdb_path)
+            stack.callback(wh.close)
         else:
-            url, _front = stack.enter_context(serve_chdb(settings.chdb_path))
-            settings = settings.model_copy(update={"clickhouse_url": url})
-            wh = open_warehouse(settings)
-            assert isinstance(wh, ClickHouseWarehouse)
-        stack.callback(wh.close)
+            settings, wh, _front = open_served(stack, settings)
         migrate(wh, settings.database)
         state = Loaded()
         state.settings, state.wh = settings, wh
