@@ -7,6 +7,7 @@ transports. What differs between the adapters is what these tests look at."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -178,3 +179,19 @@ def test_uncompressed_dsn_and_server_errors(settings_factory, server_warehouse_f
         assert "UNKNOWN_TABLE" in str(info.value)
     finally:
         plain.close()
+
+
+def test_naive_datetimes_are_utc_whatever_the_local_zone(settings_factory, server_warehouse_factory, monkeypatch):
+    served, server, _front = server_warehouse_factory(settings_factory())
+    server.command("CREATE DATABASE {db:Identifier}", {"db": served.database})
+    server.command("CREATE TABLE {db:Identifier}.t (at DateTime64(6, 'UTC')) ENGINE = Memory", {"db": served.database})
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        # the chDB adapter reads a naive datetime as UTC; so must this one
+        server.insert(served.database, "t", ["at"], [[datetime(2026, 3, 1, 12, 0, 0, 250)]])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    rows = server.query("SELECT at FROM {db:Identifier}.t", {"db": served.database})
+    assert rows == [{"at": datetime(2026, 3, 1, 12, 0, 0, 250, tzinfo=UTC)}]
