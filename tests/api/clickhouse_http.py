@@ -1,13 +1,17 @@
 """A test-only HTTP front for chDB: the part of ClickHouse's HTTP interface clickhouse-connect uses.
 
 No ClickHouse server can be installed here, so the server adapter (api/warehouse/clickhouse.py)
-is tested against this front instead. It reads no SQL: every request is carried to a chDB
-connection (the ClickHouse engine, in this process) and the engine's answer is carried back.
+is tested against this front instead. It does not interpret SQL: every request is carried to a
+chDB connection (the ClickHouse engine, in this process) and the engine's answer is carried back.
 
 What it does, as ClickHouse's HTTP handler does:
 
-- the statement is the `query` URL parameter and the request body, joined by a newline (so an
-  INSERT's data follows its `FORMAT` clause), or the `query` field of a multipart form;
+- the statement is the `query` URL parameter and the request body, joined by a newline, or the
+  `query` field of a multipart form. The one place the front looks into a statement: when it
+  starts with INSERT and a line of it ends in `FORMAT <name>` (clickhouse-connect's inserts:
+  the statement, then the data), it is cut after that line and the rest streamed through chDB's
+  `send_insert(head, name)`, because chDB takes an insert's format apart from its text and cuts
+  data that is inline in a statement at about 256 KiB (a server streams it);
 - `param_<name>` URL parameters or form fields are bound by the engine as `{name:Type}` values;
 - every other URL parameter that is not an HTTP-interface parameter is a setting, applied to
   that one request (`SET` before, the previous values restored after);
@@ -30,9 +34,10 @@ Native without block info, the driver's probe notices and uses protocol 0, as be
 that drops the parameter), ClickHouse's own block compression (`compress`/`decompress`=1 are
 refused), external data tables, progress headers, streaming (a response is sent once the
 statement has finished, as with `wait_end_of_query=1`), HTTP status codes other than 500 for
-errors, and concurrent requests in one session are serialised instead of refused. chDB takes
-INSERT data inline in the statement text, so `max_query_size` is raised to the request's length
-for that request (a server would stream the data past it).
+errors, `readonly` for GET requests, and concurrent requests in one session are serialised
+instead of refused. Data inline
+in a statement (`INSERT ... VALUES` in the body, or with bound parameters) goes to the engine as
+statement text, which chDB cuts at about 256 KiB.
 """
 
 from __future__ import annotations
@@ -69,8 +74,12 @@ HTTP_PARAMETERS = frozenset(
 )  # fmt: skip
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE = re.compile(r"Code: (\d+)\.")
+# An INSERT's text up to its FORMAT clause, ending a line: the data begins after that newline.
+_INSERT_HEAD = re.compile(
+    r"^\s*(?P<head>INSERT\s.*\S)\s+FORMAT\s+(?P<format>[A-Za-z][A-Za-z0-9_]*)[ \t]*\r?$", re.S | re.I
+)
+_HEAD_LIMIT = 1 << 20
 DISPLAY_NAME = "chdb-http-front"
-DEFAULT_MAX_QUERY_SIZE = 262144
 
 
 class FrontError(Exception):
@@ -86,6 +95,10 @@ class Call:
     """One HTTP request, as the engine will see it."""
 
     statement: bytes
+    """The statement with any inline data; for a streamed insert, its text before FORMAT."""
+    insert_format: str | None
+    """Set for a streamed insert: the format of `data`."""
+    data: bytes
     params: dict[str, str]
     settings: dict[str, str]
     database: str | None
@@ -166,6 +179,11 @@ def parse_call(query_string: str, headers: dict[str, str], body: bytes) -> Call:
         params.update({k[len("param_") :]: v for k, v in fields.items() if k.startswith("param_")})
         body = b""
     statement = (query.encode() + b"\n" + body) if query and body else (query.encode() or body)
+    insert = None if params else split_insert(statement)
+    if insert is not None:
+        statement, insert_format, data = insert
+    else:
+        insert_format, data = None, b""
     settings = {k: v for k, v in url.items() if k not in HTTP_PARAMETERS and not k.startswith("param_")}
     for name in settings:
         if not _SETTING_NAME.match(name):
@@ -173,6 +191,8 @@ def parse_call(query_string: str, headers: dict[str, str], body: bytes) -> Call:
     accept = tuple(e.strip().lower() for e in headers.get("accept-encoding", "").split(",") if e.strip())
     return Call(
         statement=statement,
+        insert_format=insert_format,
+        data=data,
         params=params,
         settings=settings,
         database=url.get("database") or None,
@@ -181,6 +201,23 @@ def parse_call(query_string: str, headers: dict[str, str], body: bytes) -> Call:
         query_id=url.get("query_id") or str(uuid.uuid4()),
         accept_encoding=accept,
     )
+
+
+def split_insert(statement: bytes) -> tuple[bytes, str, bytes] | None:
+    """(INSERT text without FORMAT, format, data) when the statement is an INSERT whose FORMAT
+    clause ends a line; None for anything else (sent to the engine whole)."""
+    if statement[:4096].lstrip()[:6].upper() != b"INSERT":
+        return None
+    end = statement.find(b"\n")
+    while 0 <= end < _HEAD_LIMIT:
+        try:
+            match = _INSERT_HEAD.match(statement[:end].decode())
+        except UnicodeDecodeError:
+            return None
+        if match is not None:
+            return match.group("head").encode(), match.group("format"), statement[end + 1 :]
+        end = statement.find(b"\n", end + 1)
+    return None
 
 
 def _quote(value: str) -> str:
@@ -198,7 +235,40 @@ def error_answer(message: str, version: str) -> Answer:
     headers = {"Content-Type": "text/plain; charset=UTF-8"}
     if match:
         headers["X-ClickHouse-Exception-Code"] = match.group(1)
-    return Answer(500, f"{message.strip()} (version {version})\n".encode(), headers)
+        message = message[match.start() :]  # chDB's streaming insert prefixes its own words
+    message = message.strip()
+    if f"(version {version})" not in message:
+        message += f" (version {version})"
+    return Answer(500, f"{message}\n".encode(), headers)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What the engine reports of a finished statement."""
+
+    body: bytes
+    rows_read: int
+    bytes_read: int
+    rows_written: int
+    bytes_written: int
+    elapsed: float
+
+
+def _run(session: Any, call: Call) -> _Done:
+    if call.insert_format is not None:
+        with session.send_insert(call.statement.decode(), call.insert_format) as inserter:
+            inserter.append(call.data)
+            done = inserter.finish()
+        return _Done(b"", 0, 0, done.rows_written, done.bytes_written, done.elapsed)
+    result = session.query(call.statement, call.default_format, params=call.params)
+    return _Done(
+        result.bytes(),
+        result.rows_read(),
+        result.bytes_read(),
+        result.rows_written(),
+        result.bytes_written(),
+        result.elapsed(),
+    )
 
 
 # -- execution on chDB ----------------------------------------------------------------------
@@ -252,9 +322,7 @@ class ChdbFront:
                 conn.session.close()
 
     def _execute(self, session: Any, call: Call, *, restore: bool) -> Answer:
-        settings = dict(call.settings)
-        if len(call.statement) > DEFAULT_MAX_QUERY_SIZE and "max_query_size" not in settings:
-            settings["max_query_size"] = str(len(call.statement) + 1)
+        settings = call.settings
         try:
             previous = self._snapshot(session, settings) if restore and (settings or call.database) else None
             try:
@@ -262,18 +330,20 @@ class ChdbFront:
                     session.query(set_statement(settings), "TabSeparated")
                 if call.database:
                     session.query(f"USE `{call.database.replace('`', '``')}`", "TabSeparated")
-                result = session.query(call.statement, call.default_format, params=call.params)
+                done = _run(session, call)
             finally:
                 if previous is not None:
                     self._restore(session, *previous)
         except RuntimeError as exc:  # chDB raises ChdbError (a RuntimeError) with the engine's text
             return error_answer(str(exc), self.version)
+        if call.insert_format is not None:
+            self.count("insert:stream")
         summary = {
-            "read_rows": str(result.rows_read()),
-            "read_bytes": str(result.bytes_read()),
-            "written_rows": str(result.rows_written()),
-            "written_bytes": str(result.bytes_written()),
-            "elapsed_ns": str(int(result.elapsed() * 1e9)),
+            "read_rows": str(done.rows_read),
+            "read_bytes": str(done.bytes_read),
+            "written_rows": str(done.rows_written),
+            "written_bytes": str(done.bytes_written),
+            "elapsed_ns": str(int(done.elapsed * 1e9)),
         }
         headers = {
             "Content-Type": "application/octet-stream",
@@ -282,7 +352,7 @@ class ChdbFront:
             "X-ClickHouse-Server-Display-Name": DISPLAY_NAME,
             "X-ClickHouse-Summary": json.dumps(summary),
         }
-        body = result.bytes()
+        body = done.body
         compress = settings.get("enable_http_compression", self.http_compression) in ("1", "true")
         encoding = response_encoding(call.accept_encoding) if compress else None
         if encoding is not None:

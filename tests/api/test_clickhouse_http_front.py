@@ -9,19 +9,39 @@ import clickhouse_connect
 import lz4.frame
 import pytest
 
-from tests.api.clickhouse_http import FrontError, parse_call, serve_chdb, set_statement
+from tests.api.clickhouse_http import FrontError, parse_call, serve_chdb, set_statement, split_insert
 
 
 @pytest.mark.unit
 def test_query_parameter_and_body_join_with_a_newline_as_the_server_does():
     url = urlencode({"query": "INSERT INTO t FORMAT Native", "database": "d", "param_x": "a\\tb", "max_threads": "2"})
     call = parse_call(url, {"content-encoding": "lz4"}, lz4.frame.compress(b"\x01\x02"))
-    assert call.statement == b"INSERT INTO t FORMAT Native\n\x01\x02"
+    # an insert with bound parameters goes to the engine whole: send_insert takes none
+    assert (call.statement, call.insert_format) == (b"INSERT INTO t FORMAT Native\n\x01\x02", None)
     assert call.params == {"x": "a\\tb"}  # passed on as received: the engine unescapes
     assert call.settings == {"max_threads": "2"}
     assert call.database == "d" and call.default_format == "TabSeparated" and call.session_id is None
     only_body = parse_call("default_format=JSON", {"content-encoding": "gzip"}, gzip.compress(b"SELECT 1"))
     assert only_body.statement == b"SELECT 1" and only_body.default_format == "JSON"
+
+
+@pytest.mark.unit
+def test_an_insert_is_cut_after_the_line_ending_in_its_format_clause():
+    data = b"\n\t FORMAT JSON\n\xff\x00"  # binary data that starts with whitespace, even text
+    assert split_insert(b"INSERT INTO `d`.`t` (`a`, `b`) FORMAT Native\n" + data) == (
+        b"INSERT INTO `d`.`t` (`a`, `b`)",
+        "Native",
+        data,
+    )
+    assert split_insert(b"  insert into t\nSETTINGS x = 1\nformat CSV\r\n1,2\n") == (
+        b"insert into t\nSETTINGS x = 1",
+        "CSV",
+        b"1,2\n",
+    )
+    call = parse_call(urlencode({"query": "INSERT INTO t FORMAT RowBinary"}), {}, b"\x01")
+    assert (call.statement, call.insert_format, call.data) == (b"INSERT INTO t", "RowBinary", b"\x01")
+    for whole in (b"INSERT INTO t VALUES (1)\n(2)", b"SELECT 1 FORMAT Native\n", b"INSERT INTO t SELECT 1"):
+        assert split_insert(whole) is None
 
 
 @pytest.mark.unit
