@@ -71,6 +71,24 @@ class ClickHouseWarehouse:
             self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False, tz_mode="aware")
         except ClickHouseError as exc:
             raise _wrap(exc) from exc
+        self._types: dict[tuple[str, str], dict[str, str]] = {}
+
+    def _column_types(self, database: str, table: str, columns: Sequence[str]) -> list[str]:
+        """Column types for an insert, from one DESCRIBE per table and process: without them
+        clickhouse-connect describes the table before every insert (a round trip each). A
+        column it has not seen is looked up again; a column whose type changed under a running
+        process is converted by the server (Native input) or refused, never silently wrong."""
+        types = self._types.get((database, table))
+        if types is None or any(c not in types for c in columns):
+            described = self._client.query(
+                "DESCRIBE TABLE {db:Identifier}.{table:Identifier}", parameters={"db": database, "table": table}
+            )
+            types = {r["name"]: r["type"] for r in described.named_results()}
+            self._types[(database, table)] = types
+        unknown = [c for c in columns if c not in types]
+        if unknown:
+            raise WarehouseError(f"no column {unknown[0]!r} in {database}.{table}")
+        return [types[c] for c in columns]
 
     def command(self, sql: str, params: Params | None = None) -> None:
         try:
@@ -105,6 +123,7 @@ class ClickHouseWarehouse:
                 [[_utc(v) for v in r] for r in rows],
                 column_names=list(columns),
                 database=check_identifier(database),
+                column_type_names=self._column_types(database, table, columns),
                 settings=settings,
             )
         except ClickHouseError as exc:

@@ -197,3 +197,20 @@ def test_naive_datetimes_are_utc_whatever_the_local_zone(settings_factory, serve
         time.tzset()
     rows = server.query("SELECT at FROM {db:Identifier}.t", {"db": served.database})
     assert rows == [{"at": datetime(2026, 3, 1, 12, 0, 0, 250, tzinfo=UTC)}]
+
+
+def test_an_insert_is_one_request_once_its_table_is_known(settings_factory, server_warehouse_factory):
+    served, server, front = server_warehouse_factory(settings_factory())
+    server.command("CREATE DATABASE {db:Identifier}", {"db": served.database})
+    server.command("CREATE TABLE {db:Identifier}.t (a UInt8) ENGINE = Memory", {"db": served.database})
+    server.insert(served.database, "t", ["a"], [[1]])  # DESCRIBE, then INSERT
+    sent = front.wire["requests"]
+    server.insert(served.database, "t", ["a"], [[2]])
+    assert front.wire["requests"] == sent + 1
+    # a column added later is looked up again, not guessed
+    server.command("ALTER TABLE {db:Identifier}.t ADD COLUMN b String", {"db": served.database})
+    server.insert(served.database, "t", ["a", "b"], [[3, "x"]])
+    rows = server.query("SELECT a, b FROM {db:Identifier}.t ORDER BY a", {"db": served.database})
+    assert rows == [{"a": 1, "b": ""}, {"a": 2, "b": ""}, {"a": 3, "b": "x"}]
+    with pytest.raises(WarehouseError, match="no column 'c'"):
+        server.insert(served.database, "t", ["c"], [[1]])
