@@ -95,8 +95,8 @@ def test_strings_and_null_bind_as_themselves(ready):
 
 def test_string_arrays_bind_as_themselves(ready, priced_event_factory):
     settings, wh = ready
-    [row] = wh.query("SELECT {v:Array(String)} AS v", {"v": NASTY})
-    assert row["v"] == NASTY
+    [row] = wh.query("SELECT {v:Array(String)} AS v, {n:Array(UInt64)} AS n", {"v": NASTY, "n": [0, 7, 2**64 - 1]})
+    assert row == {"v": NASTY, "n": [0, 7, 2**64 - 1]}
     # the sink's ledger lookup: event_ids in an array parameter, FixedString back as str
     events = [priced_event_factory() for _ in range(3)]
     rows = [ledger_row(priced_event_row(e, "t", 0, i)) for i, e in enumerate(events)]
