@@ -2,7 +2,9 @@
 
 Both adapters run the same SQL. Values are always bound as ClickHouse server-side
 parameters (`{name:Type}`, identifiers as `{db:Identifier}`), never pasted into SQL text;
-`bind_value` renders each Python value to the text form both backends accept.
+`bind_value` renders each Python value to the text form the engine reads (the server adapter
+lets clickhouse-connect escape strings itself, so the server reads the same values: see
+`api.warehouse.clickhouse.server_value`).
 Rows come back as dicts with exact Python types: `Decimal` for Decimal columns, never float.
 """
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,11 +17,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from agentledger.settings import Settings
-from api.warehouse import Warehouse
+from api.warehouse import Warehouse, open_warehouse
 from api.warehouse.chdb import ChdbWarehouse
+from api.warehouse.clickhouse import ClickHouseWarehouse
 from schemas import codec
 from schemas.events import CostEvent, EventKind, PricedEvent, derive_event_id
 from schemas.topics import PRICED_EVENTS, topic_name
+from tests.api.clickhouse_http import ChdbFront, serve_chdb
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -95,19 +99,54 @@ def produce_priced() -> Callable[..., None]:
     return produce
 
 
+def open_served(stack: contextlib.ExitStack, settings: Settings) -> tuple[Settings, Warehouse, ChdbFront]:
+    """Serve the settings' chDB folder through the test HTTP front (tests/api/clickhouse_http.py)
+    and open the server adapter on it: the settings with `clickhouse_url` pointing at the front,
+    the warehouse `open_warehouse` makes of them, and the front. `stack` closes them."""
+    url, front = stack.enter_context(serve_chdb(settings.chdb_path))
+    served = settings.model_copy(update={"clickhouse_url": url})
+    wh = open_warehouse(served)
+    assert isinstance(wh, ClickHouseWarehouse)
+    stack.callback(wh.close)
+    return served, wh, front
+
+
+TEST_WAREHOUSE = os.environ.get("AGENTLEDGER_TEST_WAREHOUSE", "chdb")
+"""`clickhouse` makes `warehouse_factory` hand out the server adapter (through the test HTTP
+front) instead of chDB: a sweep of every test written against the embedded adapter."""
+
+
 @pytest.fixture
 def warehouse_factory() -> Iterator[Callable[[Settings], Warehouse]]:
-    """A chDB warehouse on the settings' folder, closed at the end of the test."""
-    opened: list[Warehouse] = []
+    """A chDB warehouse on the settings' folder, closed at the end of the test (the server
+    adapter on that folder when AGENTLEDGER_TEST_WAREHOUSE=clickhouse)."""
+    with contextlib.ExitStack() as stack:
 
-    def make(settings: Settings) -> Warehouse:
-        wh = ChdbWarehouse(settings.chdb_path)
-        opened.append(wh)
-        return wh
+        def make(settings: Settings) -> Warehouse:
+            if TEST_WAREHOUSE == "clickhouse":
+                return open_served(stack, settings)[1]
+            wh = ChdbWarehouse(settings.chdb_path)
+            stack.callback(wh.close)
+            return wh
 
-    yield make
-    for wh in opened:
-        wh.close()
+        yield make
+
+
+@pytest.fixture
+def server_warehouse_factory() -> Iterator[Callable[[Settings], tuple[Settings, Warehouse, ChdbFront]]]:
+    """`open_served` for the test: the server adapter on the settings' folder, closed at the end."""
+    with contextlib.ExitStack() as stack:
+        yield lambda settings: open_served(stack, settings)
+
+
+@pytest.fixture(params=["chdb", "clickhouse"])
+def any_warehouse_factory(
+    request: pytest.FixtureRequest, warehouse_factory: Callable[[Settings], Warehouse], server_warehouse_factory: Any
+) -> Callable[[Settings], Warehouse]:
+    """Each test that uses it runs twice: on the embedded adapter and on the server adapter."""
+    if request.param == "chdb":
+        return warehouse_factory
+    return lambda settings: server_warehouse_factory(settings)[1]
 
 
 def _high_watermark(consumer: Consumer, tp: TopicPartition) -> int:

@@ -2,10 +2,13 @@
 checked against plain-Python Decimal sums over the generated events.
 
 One data set per module (a sink run, then a second run carrying duplicates a day later),
-shared by read-only tests; the crash test has its own."""
+shared by read-only tests; the crash test has its own. The module runs twice: on the embedded
+chDB adapter, and on the server adapter (clickhouse-connect over HTTP, through the test front
+of tests/api/clickhouse_http.py to the same engine)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 from collections import defaultdict
@@ -28,9 +31,10 @@ from api.migrations import migrate
 from api.queries import rollup_drift_query
 from api.reports import focus
 from api.sink import Sink
+from api.warehouse import Warehouse
 from api.warehouse.chdb import ChdbWarehouse
 from schemas.events import CostEvent, EventKind, PricedEvent, derive_event_id
-from tests.api.conftest import SinkThread, wait_caught_up
+from tests.api.conftest import SinkThread, open_served, wait_caught_up
 from tests.conftest import delete_test_topics
 
 pytestmark = pytest.mark.integration
@@ -136,7 +140,7 @@ def got(body: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
 
 class Loaded:
     settings: Settings
-    wh: ChdbWarehouse
+    wh: Warehouse
     client: TestClient
     admin: dict[str, str]
     payments: dict[str, str]
@@ -157,17 +161,17 @@ def _produce(settings: Settings, items: list[PricedEvent]) -> None:
     assert producer.flush(30) == 0
 
 
-def _run_sink(settings: Settings, wh: ChdbWarehouse) -> Sink:
+def _run_sink(settings: Settings, wh: Warehouse) -> Sink:
     runner = SinkThread(Sink(settings, wh))
     try:
         wait_caught_up(settings)
     finally:
         runner.stop()
-    assert runner.error is None
+        assert runner.error is None, runner.error  # the sink's own failure, not only "not caught up"
     return runner.sink
 
 
-def rollup_sums(wh: ChdbWarehouse, database: str) -> dict[str, Any]:
+def rollup_sums(wh: Warehouse, database: str) -> dict[str, Any]:
     out = {}
     for table in ("rollup_hourly", "rollup_daily"):
         [row] = wh.query(
@@ -181,8 +185,10 @@ def rollup_sums(wh: ChdbWarehouse, database: str) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture(scope="module")
-def loaded(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+@pytest.fixture(scope="module", params=["chdb", "clickhouse"])
+def loaded(
+    request: pytest.FixtureRequest, kafka_broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Loaded]:
     tag = uuid.uuid4().hex[:10]
     settings = Settings(
         kafka_bootstrap=kafka_broker,
@@ -195,29 +201,34 @@ def loaded(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         sink_batch_seconds=0.3,
     )
     ensure_topics(settings)
-    wh = ChdbWarehouse(settings.chdb_path)
-    migrate(wh, settings.database)
-    state = Loaded()
-    state.settings, state.wh = settings, wh
-    # First delivery, with a producer retry inside the same batch (same event_ids again).
-    _produce(settings, EVENTS + EVENTS[:10])
-    first = _run_sink(settings, wh)
-    assert (first.rows_inserted, first.ledger_rows, first.duplicates_skipped) == (N + 10, N, 10)
-    state.first_run = rollup_sums(wh, settings.database)
-    # A day later: the same events again (a replayed upstream), new batches at new offsets.
-    late = [make_event(i, priced_at=START + timedelta(days=1)) for i in range(0, N, 2)]
-    _produce(settings, late)
-    state.late_sink = _run_sink(settings, wh)
-    store = KeyStore(wh, settings.database, cache_s=0)
-    _, admin_text = store.create(["reports:read"], name="finance")
-    _, payments_text = store.create(["reports:read"], team="payments", name="payments")
-    state.admin = {"Authorization": f"Bearer {admin_text}"}
-    state.payments = {"Authorization": f"Bearer {payments_text}"}
-    with TestClient(create_app(settings, wh, with_sink=False)) as client:
-        state.client = client
-        yield state
-    wh.close()
-    delete_test_topics(settings)
+    with contextlib.ExitStack() as stack:  # closed in reverse, also when the set-up fails
+        stack.callback(delete_test_topics, settings)
+        wh: Warehouse
+        if request.param == "chdb":
+            wh = ChdbWarehouse(settings.chdb_path)
+            stack.callback(wh.close)
+        else:
+            settings, wh, _front = open_served(stack, settings)
+        migrate(wh, settings.database)
+        state = Loaded()
+        state.settings, state.wh = settings, wh
+        # First delivery, with a producer retry inside the same batch (same event_ids again).
+        _produce(settings, EVENTS + EVENTS[:10])
+        first = _run_sink(settings, wh)
+        assert (first.rows_inserted, first.ledger_rows, first.duplicates_skipped) == (N + 10, N, 10)
+        state.first_run = rollup_sums(wh, settings.database)
+        # A day later: the same events again (a replayed upstream), new batches at new offsets.
+        late = [make_event(i, priced_at=START + timedelta(days=1)) for i in range(0, N, 2)]
+        _produce(settings, late)
+        state.late_sink = _run_sink(settings, wh)
+        store = KeyStore(wh, settings.database, cache_s=0)
+        _, admin_text = store.create(["reports:read"], name="finance")
+        _, payments_text = store.create(["reports:read"], team="payments", name="payments")
+        state.admin = {"Authorization": f"Bearer {admin_text}"}
+        state.payments = {"Authorization": f"Bearer {payments_text}"}
+        with TestClient(create_app(settings, wh, with_sink=False)) as client:
+            state.client = client
+            yield state
 
 
 def _get(loaded: Loaded, path: str, headers: dict[str, str] | None = None, **params: Any) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The embedded warehouse for real: migrations, exact Decimals, bound parameters, dedup tokens."""
+"""Both warehouse adapters for real: migrations, exact Decimals, bound parameters, dedup tokens.
+
+Tests taking `ready` or `any_warehouse_factory` run on the embedded chDB adapter and on the
+server adapter (clickhouse-connect over HTTP to the test front in tests/api/clickhouse_http.py,
+which carries each request to the same ClickHouse engine)."""
 
 from __future__ import annotations
 
@@ -9,17 +13,17 @@ from decimal import Decimal
 import pytest
 
 from api.migrations import load_migrations, migrate
-from api.queries import DIMENSIONS, chargeback_query
-from api.sink import PRICED_EVENT_COLUMNS, priced_event_row
+from api.queries import DAILY, DIMENSIONS, HOURLY, chargeback_query, rollup_drift_query, rollup_insert
+from api.sink import LEDGER_COLUMNS, PRICED_EVENT_COLUMNS, ledger_row, priced_event_row
 from api.warehouse import WarehouseError
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def ready(settings_factory, warehouse_factory):
+def ready(settings_factory, any_warehouse_factory):
     settings = settings_factory()
-    wh = warehouse_factory(settings)
+    wh = any_warehouse_factory(settings)
     migrate(wh, settings.database)
     return settings, wh
 
@@ -28,9 +32,9 @@ def _raw_count(wh, database):
     return wh.query("SELECT count() AS n FROM {db:Identifier}.priced_events", {"db": database})[0]["n"]
 
 
-def test_migrations_twice_is_a_no_op(settings_factory, warehouse_factory):
+def test_migrations_twice_is_a_no_op(settings_factory, any_warehouse_factory):
     settings = settings_factory()
-    wh = warehouse_factory(settings)
+    wh = any_warehouse_factory(settings)
     every = [m.name for m in load_migrations()]
     assert every[:2] == ["0001_priced_events.sql", "0002_api_keys.sql"]
     assert migrate(wh, settings.database) == every
@@ -79,6 +83,51 @@ def test_parameters_are_bound_not_pasted(ready, priced_event_factory):
     assert wh.query(sql, {"db": settings.database, "team": "x"})[0]["n"] == 0
 
 
+NASTY = ["a\\b", "\\", "tab\there", "line\nbreak", "quote ' and `tick`", "\\'; DROP TABLE x; --", "é€😀", ""]
+
+
+def test_strings_and_null_bind_as_themselves(ready):
+    _settings, wh = ready
+    for value in [*NASTY, None]:
+        [row] = wh.query("SELECT {v:Nullable(String)} AS v, isNull({v:Nullable(String)}) AS null", {"v": value})
+        assert row == {"v": value, "null": value is None}
+
+
+def test_string_arrays_bind_as_themselves(ready, priced_event_factory):
+    settings, wh = ready
+    [row] = wh.query("SELECT {v:Array(String)} AS v, {n:Array(UInt64)} AS n", {"v": NASTY, "n": [0, 7, 2**64 - 1]})
+    assert row == {"v": NASTY, "n": [0, 7, 2**64 - 1]}
+    # the sink's ledger lookup: event_ids in an array parameter, FixedString back as str
+    events = [priced_event_factory() for _ in range(3)]
+    rows = [ledger_row(priced_event_row(e, "t", 0, i)) for i, e in enumerate(events)]
+    wh.insert(settings.database, "event_ledger", LEDGER_COLUMNS, rows)
+    ids = [events[0].event.event_id, events[2].event.event_id, "f" * 32]
+    found = wh.query(
+        "SELECT event_id FROM {db:Identifier}.event_ledger WHERE event_id IN {ids:Array(String)} ORDER BY event_id",
+        {"db": settings.database, "ids": ids},
+    )
+    assert [r["event_id"] for r in found] == sorted(ids[:2])
+
+
+def test_rollup_insert_with_a_token_lands_once(ready, priced_event_factory):
+    settings, wh = ready
+    events = [priced_event_factory(cost=f"0.{i}00000000007", step=i * 1800) for i in range(1, 6)]
+    rows = [(*ledger_row(priced_event_row(e, "t", 0, i)), "tok") for i, e in enumerate(events)]
+    wh.insert(settings.database, "event_ledger", (*LEDGER_COLUMNS, "ledger_token"), rows, dedup_token="tok")
+    for _ in range(2):  # a replay sends the same rollup under the same token: dropped
+        for table in (HOURLY, DAILY):
+            wh.command(*rollup_insert(settings.database, table, "tok", dedup_token=f"tok:{table}"))
+    [drift] = wh.query(*rollup_drift_query(settings.database))
+    assert drift == {
+        "hourly_cost_drift": Decimal(0),
+        "hourly_calls_drift": 0,
+        "daily_cost_drift": Decimal(0),
+        "daily_calls_drift": 0,
+    }
+    [hourly] = wh.query("SELECT sum(cost) AS c FROM {db:Identifier}.rollup_hourly", {"db": settings.database})
+    assert hourly["c"] == sum(e.cost for e in events) == Decimal("1.500000000035")
+
+
 def test_errors_are_classified(ready):
     _settings, wh = ready
     with pytest.raises(WarehouseError) as info:
@@ -106,8 +155,9 @@ def test_every_allowed_dimension_runs_and_adds_up(ready, priced_event_factory, d
         assert sorted({str(r["day"]) for r in result}) == ["2026-03-01", "2026-03-02", "2026-03-03"]
 
 
-def test_a_second_process_on_the_folder_gets_warehouse_locked(ready):
-    settings, _wh = ready
+def test_a_second_process_on_the_folder_gets_warehouse_locked(settings_factory, warehouse_factory):
+    settings = settings_factory()
+    warehouse_factory(settings)
     code = (
         "import sys; from pathlib import Path; from api.warehouse import WarehouseLocked\n"
         "from api.warehouse.chdb import ChdbWarehouse\n"
