@@ -37,6 +37,28 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    _wait_for_leaders(admin, {t.topic for t in wanted}, timeout)
+
+
+def _wait_for_leaders(admin: AdminClient, names: set[str], timeout: float) -> None:
+    """Until every partition of `names` has a leader: a topic is created before its partitions
+    can be read or written, and a client that comes at once gets NOT_LEADER_FOR_PARTITION."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        waiting = sorted(
+            name
+            for name in names
+            if name not in topics
+            or topics[name].error is not None
+            or not topics[name].partitions
+            or any(p.leader < 0 or p.error is not None for p in topics[name].partitions.values())
+        )
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"no leader after {timeout}s for {waiting}"))
+        time.sleep(0.05)
 
 
 def wait_for_group(settings: Settings, group_id: str, timeout: float = 120.0) -> bool:
