@@ -33,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -57,6 +58,7 @@ from processors.budget import (
     unpriced_kill_signal,
     usage_of,
 )
+from processors.errors import ProcessorError
 from processors.pricing import Pricer
 from schemas.budgets import Action, BudgetPolicy, Scope, SessionState, SessionStatus, Signal
 from schemas.codec import encode
@@ -273,6 +275,64 @@ class SignalPublisher:
 # --------------------------------------------------------------------------- the app
 
 
+SAME_PARTITION = -1
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One record for Kafka; `partition` None means by key (the producer's partitioner)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+
+
+# a batch's records by the source partition whose transaction they belong to
+Outbox = dict[int, list[Outgoing]]
+
+
+def put(
+    outbox: Outbox,
+    source_partition: int,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    to_partition: int | None = SAME_PARTITION,
+) -> None:
+    """Queue a record in `source_partition`'s transaction; it goes to the same partition number
+    of `topic` unless `to_partition` says otherwise."""
+    out = source_partition if to_partition == SAME_PARTITION else to_partition
+    outbox.setdefault(source_partition, []).append(Outgoing(topic, key, value, out))
+
+
+class TransactionGone(ProcessorError):
+    """A batch's source partition has no transactional producer any more (it moved to another worker
+    during the batch): the worker exits and its state is rebuilt from the changelog at restart."""
+
+
+async def _append_records(client: Any, records: list[Outgoing], futures: list[Any]) -> None:
+    """Hand records to an aiokafka producer: one record batch per topic partition named by the caller
+    (one delivery future each, instead of one future and one callback per record), keyed ones
+    one by one through its partitioner. Order within a topic partition is kept."""
+    builders: dict[tuple[str, int], Any] = {}
+    for r in records:
+        if r.partition is None:
+            futures.append(await client.send(r.topic, r.value, key=r.key))
+            continue
+        tp = (r.topic, r.partition)
+        builder = builders.get(tp)
+        if builder is None:
+            builder = builders[tp] = client.create_batch()
+        if builder.append(timestamp=None, key=r.key, value=r.value) is None:  # full
+            futures.append(await client.send_batch(builder, r.topic, partition=r.partition))
+            builder = builders[tp] = client.create_batch()
+            if builder.append(timestamp=None, key=r.key, value=r.value) is None:
+                raise ValueError(f"a record of {len(r.value or b'')} bytes is larger than a producer batch")
+    for (topic, partition), builder in builders.items():
+        futures.append(await client.send_batch(builder, topic, partition=partition))
+
+
 def _store_put(table: Any, key: bytes, value: bytes, partition: int) -> None:
     """Write a table's memory store without faust's per-key changelog message.
 
@@ -363,37 +423,40 @@ class LedgerApp:
         raw = self.scope_budgets.data.get(key.encode())
         return None if raw is None else orjson.loads(raw)
 
-    async def _send(
-        self,
-        pending: list[Any],
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int,
-        *,
-        source: str | None = None,
-        to_partition: int | None = -1,
-    ) -> None:
-        """Send in the transaction of partition `partition` of `source` (exactly-once), else plainly.
-
-        The record goes to the same partition number of `topic`, unless `to_partition` says
-        otherwise (None: by key, the producer's partitioner).
+    async def _send_outbox(self, outbox: Outbox, source: str) -> None:
+        """Send a batch's records, each source partition's in its transaction (exactly-once), else plainly,
+        and wait for their delivery, so an error stops the worker before the batch's offsets are acked.
 
         faust's own Topic.send derives the transactional id from the *consumer's* metadata for the
         output topic; for a topic the worker does not consume (priced-events, the DLQ) that is
         unknown, so faust silently sends outside the transaction. Here the id is the one faust
         commits the source partition's offsets under: `{app id}-{topic group}-{partition}`.
-        Faust's Topic.send also costs more than the rest of an event's processing. The delivery
-        futures are awaited once per batch, so errors still surface.
+
+        A partition's records are appended to its producer under faust's lock for that transaction,
+        all at once: faust's commit timer takes the same lock, so it commits either none or all of a
+        batch's outputs and changelog records for that partition, never a part (a crash after a
+        commit that held only the batch's dedupe records would skip its events on the replay).
+        The records go straight to aiokafka, batched per topic partition: faust's Producer.send,
+        and aiokafka's per-record futures, cost more than the rest of an event's processing.
         """
         app = self.app
-        tid = None
+        futures: list[Any] = []
         if app.in_transaction:
-            group = app.assignor.group_for_topic(source or self.source_name)
-            tid = f"{app.conf.id}-{group}-{partition}"
-        producer = app.consumer.transactions.producer if tid else await app.maybe_start_producer()
-        out = partition if to_partition == -1 else to_partition
-        pending.append(await producer.send(topic, key, value, out, None, None, transactional_id=tid))
+            producer = cast(Any, app.consumer.transactions).producer
+            group = app.assignor.group_for_topic(source)
+            for source_partition, records in outbox.items():
+                tid = f"{app.conf.id}-{group}-{source_partition}"
+                client = producer._transaction_producers.get(tid)
+                if client is None:
+                    raise TransactionGone(f"no transactional producer {tid}")
+                async with producer._trn_locks[tid]:
+                    await _append_records(client, records, futures)
+        else:
+            client = cast(Any, await app.maybe_start_producer())._ensure_producer()
+            for records in outbox.values():
+                await _append_records(client, records, futures)
+        if futures:
+            await asyncio.gather(*futures)
 
     async def _drop_stale_transactions(self, app: Any, assigned: set[Any], **_: Any) -> None:
         """Stop transactional producers of partitions this worker no longer owns.
@@ -438,14 +501,14 @@ class LedgerApp:
         now_s = now.timestamp()
         policies = self.policies.current
         dedupe_writes: list[tuple[bytes, int, bytes]] = []
-        pending: list[Any] = []
+        outbox: Outbox = {}
         signals_sent = 0
         for ev in events:
             msg = ev.message
             metrics.EVENTS_CONSUMED.inc()
             parsed = parse_event(msg.value)
             if isinstance(parsed, Rejection):
-                await self._dead_letter(pending, msg, parsed, now)
+                self._dead_letter(outbox, msg, parsed, now)
                 continue
             event_id = parsed.event_id.encode()
             if self._seen(event_id, now_s):
@@ -464,35 +527,34 @@ class LedgerApp:
                 priced = self.pricer.price(event, now)
             except Exception as exc:  # a pricing bug must not stop the stream
                 log.exception("pricing failed for %s", parsed.event_id)
-                await self._dead_letter(pending, msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
+                self._dead_letter(outbox, msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
                 continue
             if clamped or late:
                 priced = priced.model_copy(update={"clamped": priced.clamped or clamped, "late": late})
                 (metrics.EVENTS_CLAMPED if clamped else metrics.EVENTS_LATE).inc()
-            await self._send(pending, self.priced_name, event.session_id.encode(), encode(priced), msg.partition)
+            put(outbox, msg.partition, self.priced_name, event.session_id.encode(), encode(priced))
             metrics.EVENTS_PRICED.inc()
             signals, alerts, forwards = self._budget(priced, policies, now, msg.partition, late)
             for signal in signals:
                 self.signals.publish(signal)
                 signals_sent += 1
             for alert_key, alert in alerts:
-                await self._send(pending, self.alerts_name, alert_key, alert, msg.partition, to_partition=None)
+                put(outbox, msg.partition, self.alerts_name, alert_key, alert, to_partition=None)
             for scope_key, record in forwards:
-                await self._send(pending, self.scope_name, scope_key, record, msg.partition, to_partition=None)
+                put(outbox, msg.partition, self.scope_name, scope_key, record, to_partition=None)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
         for key, partition, value in dedupe_writes:
-            await self._send(pending, self.dedupe_changelog, key, value, partition)
-        await self._write_dirty(pending, self.book, self.budgets, self.budgets_changelog, self.source_name)
-        if pending:
-            await asyncio.gather(*pending)
+            put(outbox, partition, self.dedupe_changelog, key, value)
+        self._write_dirty(outbox, self.book, self.budgets, self.budgets_changelog)
+        await self._send_outbox(outbox, self.source_name)
 
-    async def _write_dirty(self, pending: list[Any], book: BudgetBook, table: Any, changelog: str, source: str) -> None:
+    def _write_dirty(self, outbox: Outbox, book: BudgetBook, table: Any, changelog: str) -> None:
         for skey, (state, partition) in book.take_dirty().items():
             bkey = skey.encode()
             value = orjson.dumps(state.to_json())
             _store_put(table, bkey, value, partition)
-            await self._send(pending, changelog, bkey, value, partition, source=source)
+            put(outbox, partition, changelog, bkey, value)
         # the store is the state; the book's copies are per batch, so a rebalance never leaves them stale
         book.states.clear()
 
@@ -583,7 +645,7 @@ class LedgerApp:
         first record (the hook refuses its next call).
         """
         now = self.now()
-        pending: list[Any] = []
+        outbox: Outbox = {}
         signals_sent = 0
         policies = self.policies.by_id
         for ev in events:
@@ -615,22 +677,13 @@ class LedgerApp:
                 self.signals.publish(signal)
                 signals_sent += 1
             for alert_key, alert in self._alerts_for(crossings, now):
-                await self._send(
-                    pending,
-                    self.alerts_name,
-                    alert_key,
-                    alert,
-                    msg.partition,
-                    source=self.scope_name,
-                    to_partition=None,
-                )
+                put(outbox, msg.partition, self.alerts_name, alert_key, alert, to_partition=None)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
-        await self._write_dirty(pending, self.scope_book, self.scope_budgets, self.scope_changelog, self.scope_name)
-        if pending:
-            await asyncio.gather(*pending)
+        self._write_dirty(outbox, self.scope_book, self.scope_budgets, self.scope_changelog)
+        await self._send_outbox(outbox, self.scope_name)
 
-    async def _dead_letter(self, pending: list[Any], msg: Any, rejection: Rejection, now: datetime) -> None:
+    def _dead_letter(self, outbox: Outbox, msg: Any, rejection: Rejection, now: datetime) -> None:
         raw: bytes = msg.value or b""
         letter = DeadLetter(
             topic=msg.topic,
@@ -641,7 +694,7 @@ class LedgerApp:
             payload=raw[:MAX_EVENT_BYTES].decode("utf-8", "replace"),
             failed_at=now,
         )
-        await self._send(pending, self.dlq_name, msg.key, encode(letter), msg.partition)
+        put(outbox, msg.partition, self.dlq_name, msg.key, encode(letter))
         metrics.EVENTS_DEAD_LETTERED.labels(rejection.code).inc()
 
     async def _expire_dedupe(self) -> None:
@@ -654,12 +707,11 @@ class LedgerApp:
         horizon = self.now().timestamp() - self.settings.dedupe_retention_s
         store = cast(Any, self.dedupe.data)
         old = [k for k, v in list(store.items()) if float(v) < horizon]
-        pending: list[Any] = []
+        outbox: Outbox = {}
         for key in old:
             partition = store._key_partition.get(key)
             store.pop(key, None)
             store._key_partition.pop(key, None)
             if partition is not None:
-                await self._send(pending, self.dedupe_changelog, key, None, partition)
-        if pending:
-            await asyncio.gather(*pending)
+                put(outbox, partition, self.dedupe_changelog, key, None)
+        await self._send_outbox(outbox, self.source_name)
