@@ -58,6 +58,7 @@ from processors.budget import (
     unpriced_kill_signal,
     usage_of,
 )
+from processors.dedupe import STORE_URL, DedupeStore, Seen, record_key
 from processors.errors import ProcessorError
 from processors.pricing import Pricer
 from schemas.budgets import Action, BudgetPolicy, Scope, SessionState, SessionStatus, Signal
@@ -446,7 +447,7 @@ class LedgerApp:
         self.alerts_name = settings.topic(ALERTS.suffix)
         # bytes in and out: faust picks the changelog's (and recovery's) codec from these types
         raw_table: dict[str, Any] = {"partitions": settings.partitions, "key_type": bytes, "value_type": bytes}
-        self.dedupe = self.app.Table("dedupe", **raw_table)
+        self.dedupe = self.app.Table("dedupe", store=STORE_URL, **raw_table)
         self.budgets = self.app.Table("budgets", **raw_table)
         self.scope_budgets = self.app.Table("scope-budgets", **raw_table)
         self.book = BudgetBook(loader=self._load_budget)
@@ -464,15 +465,6 @@ class LedgerApp:
         self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
 
     # -- state through faust's memory store: our objects in, raw bytes from a restore
-
-    def _seen(self, event_id: bytes, now_s: float) -> bool:
-        value = self.dedupe.data.get(event_id)
-        if value is None:
-            return False
-        return float(value) >= now_s - self.settings.dedupe_retention_s
-
-    def _remember(self, event_id: bytes, partition: int, now_s: float) -> None:
-        _store_put(self.dedupe, event_id, str(int(now_s)).encode(), partition)
 
     def _load_budget(self, key: str) -> dict[str, Any] | None:
         raw = self.budgets.data.get(key.encode())
@@ -559,7 +551,10 @@ class LedgerApp:
         now = self.now()
         now_s = now.timestamp()
         policies = self.policies.current
-        dedupe_writes: list[tuple[bytes, int, bytes]] = []
+        seen_store = cast(DedupeStore, self.dedupe.data)
+        horizon = now_s - self.settings.dedupe_retention_s
+        in_batch: set[str] = set()
+        fresh: dict[int, tuple[int, list[str]]] = {}  # source partition -> (first offset, new event ids)
         outbox: Outbox = {}
         signals_sent = 0
         for ev in events:
@@ -569,12 +564,15 @@ class LedgerApp:
             if isinstance(parsed, Rejection):
                 self._dead_letter(outbox, msg, parsed, now)
                 continue
-            event_id = parsed.event_id.encode()
-            if self._seen(event_id, now_s):
+            event_id = parsed.event_id
+            if event_id in in_batch or seen_store.seen(event_id, horizon):
                 metrics.EVENTS_DEDUPLICATED.inc()
                 continue
-            self._remember(event_id, msg.partition, now_s)
-            dedupe_writes.append((event_id, msg.partition, str(int(now_s)).encode()))
+            in_batch.add(event_id)
+            if msg.partition in fresh:
+                fresh[msg.partition][1].append(event_id)
+            else:
+                fresh[msg.partition] = (msg.offset, [event_id])
             at, clamped, late = event_time(
                 parsed.occurred_at, now, self.settings.max_future_skew_s, self.settings.late_grace_s
             )
@@ -603,7 +601,9 @@ class LedgerApp:
                 put(outbox, msg.partition, self.scope_name, scope_key, record, to_partition=None)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
-        for key, partition, value in dedupe_writes:
+        for partition, (offset, ids) in fresh.items():
+            key = record_key(partition, offset)
+            value = seen_store.put(key, Seen(int(now_s), tuple(ids)), partition)
             put(outbox, partition, self.dedupe_changelog, key, value)
         self._write_dirty(outbox, self.book, self.budgets, self.budgets_changelog)
         await self._send_outbox(outbox, self.source_name)
@@ -764,13 +764,7 @@ class LedgerApp:
 
     async def _expire_dedupe_once(self) -> None:
         horizon = self.now().timestamp() - self.settings.dedupe_retention_s
-        store = cast(Any, self.dedupe.data)
-        old = [k for k, v in list(store.items()) if float(v) < horizon]
         outbox: Outbox = {}
-        for key in old:
-            partition = store._key_partition.get(key)
-            store.pop(key, None)
-            store._key_partition.pop(key, None)
-            if partition is not None:
-                put(outbox, partition, self.dedupe_changelog, key, None)
+        for key, partition in cast(DedupeStore, self.dedupe.data).expire(horizon):
+            put(outbox, partition, self.dedupe_changelog, key, None)
         await self._send_outbox(outbox, self.source_name)
