@@ -111,6 +111,10 @@ def run_variant(bootstrap: str, variant: str, n: int) -> dict[str, Any]:
     }
 
 
+def run(bootstrap: str, n: int, variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+    return {v: run_variant(bootstrap, v, n) for v in variants}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=30_000)
@@ -123,8 +127,7 @@ def main() -> None:
         child(variant, int(n), Path(out))
         return
     ensure_broker(args.bootstrap)
-    variants = args.only or VARIANTS
-    print(json.dumps({v: run_variant(args.bootstrap, v, args.events) for v in variants}, indent=2))
+    print(json.dumps(run(args.bootstrap, args.events, tuple(args.only or VARIANTS)), indent=2))
 
 
 if __name__ == "__main__":
