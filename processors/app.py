@@ -9,9 +9,9 @@ limit is reached (spend plus open reservations) it publishes a Signal and the se
 status through a separate low-latency producer; a threshold crossed by spend is an Alert.
 
 Budgets wider than a session (team, agent type, ...) see events from every partition, so
-the session's worker forwards a compact usage record, keyed by the scope value, to the
-internal `scope-usage` topic; agent `scopes` consumes it and keeps those budgets, one owner
-per key. A breach signals every session seen in that budget's window, and any session seen
+the session's worker forwards their usage, one record per scope value per source partition per
+batch (each event's usage an item of it, in order), keyed by the scope value, to the internal
+`scope-usage` topic; agent `scopes` consumes it and keeps those budgets, one owner per key. A breach signals every session seen in that budget's window, and any session seen
 later in it at its first record.
 
 Exactly-once: with `processing_guarantee="exactly_once"` faust wraps, per source partition,
@@ -84,6 +84,9 @@ BATCH_WITHIN_S = 0.01
 # default, about 27 priced events); under faust's 1 MB request limit and the broker's message.max.bytes.
 PRODUCER_BATCH_BYTES = 512 * 1024
 DEDUPE_CLEANUP_INTERVAL_S = 300.0
+# a scope-usage record carries up to this many events' usage (about 300 bytes each): well under
+# the broker's 1 MB message limit
+SCOPE_ITEMS_PER_RECORD = 500
 BROKER_SESSION_TIMEOUT_S = 10.0
 EXIT_STATE_UNSAFE = 70
 
@@ -559,6 +562,7 @@ class LedgerApp:
         horizon = now_s - self.settings.dedupe_retention_s
         in_batch: set[str] = set()
         fresh: dict[int, tuple[int, list[str]]] = {}  # source partition -> (first offset, new event ids)
+        scope_items: dict[tuple[int, str], list[dict[str, Any]]] = {}  # (source partition, scope value)
         outbox: Outbox = {}
         signals_sent = 0
         for ev in events:
@@ -601,14 +605,18 @@ class LedgerApp:
                 signals_sent += 1
             for alert_key, alert in alerts:
                 put(outbox, msg.partition, self.alerts_name, alert_key, alert, to_partition=None)
-            for scope_key, record in forwards:
-                put(outbox, msg.partition, self.scope_name, scope_key, record, to_partition=None)
+            for sval, item in forwards:
+                scope_items.setdefault((msg.partition, sval), []).append(item)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
         for partition, (offset, ids) in fresh.items():
             key = record_key(partition, offset)
             value = seen_store.put(key, Seen(int(now_s), tuple(ids)), partition)
             put(outbox, partition, self.dedupe_changelog, key, value)
+        for (partition, sval), items in scope_items.items():
+            for i in range(0, len(items), SCOPE_ITEMS_PER_RECORD):
+                record = orjson.dumps({"sv": sval, "items": items[i : i + SCOPE_ITEMS_PER_RECORD]})
+                put(outbox, partition, self.scope_name, sval.encode(), record, to_partition=None)
         self._write_dirty(outbox, self.book, self.budgets, self.budgets_changelog)
         await self._send_outbox(outbox, self.source_name)
 
@@ -628,13 +636,14 @@ class LedgerApp:
         now: datetime,
         partition: int,
         late: bool = False,
-    ) -> tuple[list[Signal], list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-        """(signals, alerts, scope-usage records) for one priced event.
+    ) -> tuple[list[Signal], list[tuple[bytes, bytes]], list[tuple[str, dict[str, Any]]]]:
+        """(signals, alerts, (scope value, usage item) to forward) for one priced event.
 
         Budgets whose scope includes the session are kept here: all of a session's events are on
         this partition. Wider ones (team, agent type, ...) are spread over every partition, so
         their usage is forwarded to `scope-usage`, keyed by scope value, to the one owner of
-        that key (`handle_scope_batch`).
+        that key (`handle_scope_batch`): one record per scope value per source partition per
+        batch, with the items of its events in order.
         """
         event = priced.event
         signals: list[Signal] = []
@@ -661,20 +670,17 @@ class LedgerApp:
                 wide.setdefault(sval, []).append(policy.policy_id)
         forwards = [
             (
-                sval.encode(),
-                orjson.dumps(
-                    {
-                        "sv": sval,
-                        "p": ids,
-                        "s": event.session_id,
-                        "e": event.event_id,
-                        "m": event.model,
-                        "at": event.occurred_at.isoformat(),
-                        "now": now.isoformat(),
-                        "late": late,
-                        "u": usage.to_json(),
-                    }
-                ),
+                sval,
+                {
+                    "p": ids,
+                    "s": event.session_id,
+                    "e": event.event_id,
+                    "m": event.model,
+                    "at": event.occurred_at.isoformat(),
+                    "now": now.isoformat(),
+                    "late": late,
+                    "u": usage.to_json(),
+                },
             )
             for sval, ids in wide.items()
         ]
@@ -715,32 +721,38 @@ class LedgerApp:
             msg = ev.message
             try:
                 rec = orjson.loads(msg.value or b"")
-                usage = Usage.from_json(rec["u"])
-                at = datetime.fromisoformat(rec["at"])
-                seen_at = datetime.fromisoformat(rec["now"])
+                sval, items = rec["sv"], rec["items"]
             except (ValueError, KeyError, TypeError):
                 log.error("bad scope-usage record at %s/%s, skipped", msg.partition, msg.offset)
                 continue
-            crossings: list[Crossing] = []
-            for policy_id in rec["p"]:
-                policy = policies.get(policy_id)
-                if policy is None or not policy.enabled:
-                    continue  # deleted or disabled since the session's worker saw it
-                crossings += self.scope_book.record_scope(
-                    policy,
-                    rec["sv"],
-                    at,
-                    usage,
-                    tag=msg.partition,
-                    now=seen_at,
-                    late=bool(rec.get("late")),
-                    session_id=rec["s"],
-                )
-            for signal in self._signals_for(crossings, rec["e"], rec.get("m"), now):
-                self.signals.publish(signal)
-                signals_sent += 1
-            for alert_key, alert in self._alerts_for(crossings, now):
-                put(outbox, msg.partition, self.alerts_name, alert_key, alert, to_partition=None)
+            for item in items:
+                try:
+                    usage = Usage.from_json(item["u"])
+                    at = datetime.fromisoformat(item["at"])
+                    seen_at = datetime.fromisoformat(item["now"])
+                except (ValueError, KeyError, TypeError):
+                    log.error("bad scope-usage item at %s/%s, skipped", msg.partition, msg.offset)
+                    continue
+                crossings: list[Crossing] = []
+                for policy_id in item["p"]:
+                    policy = policies.get(policy_id)
+                    if policy is None or not policy.enabled:
+                        continue  # deleted or disabled since the session's worker saw it
+                    crossings += self.scope_book.record_scope(
+                        policy,
+                        sval,
+                        at,
+                        usage,
+                        tag=msg.partition,
+                        now=seen_at,
+                        late=bool(item.get("late")),
+                        session_id=item["s"],
+                    )
+                for signal in self._signals_for(crossings, item["e"], item.get("m"), now):
+                    self.signals.publish(signal)
+                    signals_sent += 1
+                for alert_key, alert in self._alerts_for(crossings, now):
+                    put(outbox, msg.partition, self.alerts_name, alert_key, alert, to_partition=None)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
         self._write_dirty(outbox, self.scope_book, self.scope_budgets, self.scope_changelog)
