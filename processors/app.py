@@ -80,6 +80,11 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.01
+# after a batch of at least BUSY_FROM_EVENTS the stream is busy: the next batch may fill for
+# BUSY_LINGER_S more (bigger batches, fewer delivery round trips: 141-146 -> 121-123 us of CPU per
+# event in bench.pipeline); a quiet stream's lone event never waits
+BUSY_FROM_EVENTS = 10
+BUSY_LINGER_S = 0.002
 # A batch's records to one partition leave in one produce request, not one per 16 KiB (aiokafka's
 # default, about 27 priced events); under faust's 1 MB request limit and the broker's message.max.bytes.
 PRODUCER_BATCH_BYTES = 512 * 1024
@@ -288,7 +293,7 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
     are queued: on a quiet stream that delay (10 ms here) was most of a signal's latency, and on a
     busy one its batches held only what the drainer moved in that window (about 200 events). Here
     a lone event goes at once, and under load a batch takes what queued up while the previous
-    one was processed. Acking after processing, as `take_events` does, is what keeps a batch's
+    one was processed (plus what arrives within BUSY_LINGER_S after a big batch). Acking after processing, as `take_events` does, is what keeps a batch's
     offsets out of a commit until its outputs are sent.
     """
     events: list[faust.EventT] = []
@@ -313,6 +318,7 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
             ready.set()
         return value
 
+    busy = False  # the previous batch was big: let this one fill a little
     acks = stream.enable_acks
     stream.enable_acks = False  # acked below, after the caller processed them
     stream.add_processor(add)
@@ -325,6 +331,9 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
                     await asyncio.wait_for(ready.wait(), within)
             if not events:
                 continue
+            if busy and len(events) < max_events:
+                await asyncio.sleep(BUSY_LINGER_S)
+            busy = len(events) >= BUSY_FROM_EVENTS
             in_use = asyncio.get_running_loop().create_future()
             try:
                 yield list(events)
