@@ -13,7 +13,7 @@ the first priced event written, read_committed to see the last one made visible.
 
 Peak RSS (VmHWM) of both processes is read once the last event is in.
 
-    .venv/bin/python -m bench.pipeline [--events 50000] [--profile]
+    .venv/bin/python -m bench.pipeline [--events 50000] [--profile] [--team-budget]
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ from bench.common import (
     schedstat,
     start_worker,
 )
+from processors.policies import publish_policy
+from schemas.budgets import BudgetPolicy, Scope
 from schemas.events import derive_event_id
-from schemas.topics import COST_EVENTS, PRICED_EVENTS
+from schemas.topics import COST_EVENTS, PRICED_EVENTS, SCOPE_USAGE
 
 # priced by genai-prices, so no event takes the unpriced path
 MODELS = (
@@ -219,8 +221,24 @@ def changelog_records(settings: Settings) -> dict[str, int]:
         consumer.close()
 
 
-def run_once(bootstrap: str, run_tag: str, n: int, *, profile: Path | None = None) -> dict[str, Any]:
+def topic_records(settings: Settings, topic: str) -> int:
+    """Records in a topic (end offsets; transaction markers included, so slightly over)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-offsets"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
+    finally:
+        consumer.close()
+
+
+def run_once(
+    bootstrap: str, run_tag: str, n: int, *, profile: Path | None = None, team_budget: bool = False
+) -> dict[str, Any]:
     with bench_settings(bootstrap, run_tag, "p", session_token_cap=TOKEN_CAP_NEVER_REACHED) as settings:
+        if team_budget:
+            # every event's usage also goes through scope-usage to the team budget's owner
+            team = BudgetPolicy(policy_id="bench-team", scope=(Scope.TEAM,), limit_tokens=TOKEN_CAP_NEVER_REACHED)
+            publish_policy(settings, team)
         records = make_events(n)
         produce_s = produce_all(settings, records)
         bare = [bare_consume(settings, n) for _ in range(3)]
@@ -265,6 +283,7 @@ def run_once(bootstrap: str, run_tag: str, n: int, *, profile: Path | None = Non
             committed.join(5)
             sink_out.unlink(missing_ok=True)
         changelog = changelog_records(settings)
+        scope_usage = topic_records(settings, settings.topic(SCOPE_USAGE.suffix))
         cpu: dict[str, Any] = {}
         if cpu_at_first is not None:
             wall = cpu_at_done[0] - cpu_at_first[0]
@@ -289,6 +308,7 @@ def run_once(bootstrap: str, run_tag: str, n: int, *, profile: Path | None = Non
         e2e_s = sink_result["done_at"] - t0
         return {
             "events": n,
+            "team_budget": team_budget,
             "produce_s": round(produce_s, 2),
             "bare_consume": bare,
             "bare_events_per_s": round(median([b["events_per_s"] for b in bare])),
@@ -304,6 +324,7 @@ def run_once(bootstrap: str, run_tag: str, n: int, *, profile: Path | None = Non
             "warehouse": {k: sink_result[k] for k in ("counts", "rollup_daily_calls", "batches")},
             "cpu": cpu,
             "changelog_records_per_event": {k: round(v / n, 2) for k, v in changelog.items()},
+            "scope_usage_records_per_event": round(scope_usage / n, 3),
             "worker_peak_rss_mib": round(worker_hwm / 1024, 1) if worker_hwm else None,
             "sink_peak_rss_mib": round(sink_result["vm_hwm_kib"] / 1024, 1) if sink_result["vm_hwm_kib"] else None,
             "worker_exit": worker_rc,
@@ -340,10 +361,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")
     parser.add_argument("--profile", action="store_true", help="run the worker under cProfile")
+    parser.add_argument("--team-budget", action="store_true", help="also a team budget (scope-usage path)")
     args = parser.parse_args()
     ensure_broker(args.bootstrap)
     profile = RESULTS / "worker.prof" if args.profile else None
-    result = run_once(args.bootstrap, uuid.uuid4().hex[:6], args.events, profile=profile)
+    result = run_once(args.bootstrap, uuid.uuid4().hex[:6], args.events, profile=profile, team_budget=args.team_budget)
     print(json.dumps(result, indent=2))
     if profile is not None:
         import pstats

@@ -93,6 +93,12 @@ def stage_breakdown(args: argparse.Namespace, run_tag: str, quick: bool) -> dict
     return worker_breakdown.run(5_000 if quick else 20_000, repeats=3)
 
 
+def stage_ceiling(args: argparse.Namespace, run_tag: str, quick: bool) -> dict[str, Any]:
+    from bench import faust_ceiling
+
+    return faust_ceiling.run(args.bootstrap, 10_000 if quick else 30_000)
+
+
 def stage_chargeback(args: argparse.Namespace, run_tag: str, quick: bool) -> dict[str, Any]:
     events = 1_000_000 if quick else 10_000_000
     runs = 20 if quick else 15
@@ -112,6 +118,7 @@ STAGES: dict[str, Callable[[argparse.Namespace, str, bool], dict[str, Any]]] = {
     "signal": stage_signal,
     "pipeline": stage_pipeline,
     "breakdown": stage_breakdown,
+    "ceiling": stage_ceiling,
     "chargeback": stage_chargeback,
 }
 
@@ -203,6 +210,15 @@ def table_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
             "bare consume loop, same topic",
             pipe["bare_events_per_s"],
             ">= 20,000",
+        )
+    ceiling = stages.get("ceiling", {}).get("result")
+    if ceiling:
+        add(
+            "  faust's own consume path, handler parses only (exactly-once, no sends)",
+            "events/s",
+            ceiling["bare"]["events_per_s"],
+            "the worker's handle_batch, same run",
+            ceiling["full"]["events_per_s"],
         )
     sig = stages.get("signal", {}).get("result")
     if sig:

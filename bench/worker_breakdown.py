@@ -67,7 +67,7 @@ def run(n: int = 20_000, repeats: int = 3) -> dict[str, Any]:
         async def no_send(*_args: Any, **_kwargs: Any) -> None:
             return None
 
-        app._send = no_send  # type: ignore[method-assign]
+        app._send_outbox = no_send  # type: ignore[method-assign]
 
         async def batches(app: Any = app) -> float:
             started = time.perf_counter()

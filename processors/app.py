@@ -9,9 +9,9 @@ limit is reached (spend plus open reservations) it publishes a Signal and the se
 status through a separate low-latency producer; a threshold crossed by spend is an Alert.
 
 Budgets wider than a session (team, agent type, ...) see events from every partition, so
-the session's worker forwards a compact usage record, keyed by the scope value, to the
-internal `scope-usage` topic; agent `scopes` consumes it and keeps those budgets, one owner
-per key. A breach signals every session seen in that budget's window, and any session seen
+the session's worker forwards their usage, one record per scope value per source partition per
+batch (each event's usage an item of it, in order), keyed by the scope value, to the internal
+`scope-usage` topic; agent `scopes` consumes it and keeps those budgets, one owner per key. A breach signals every session seen in that budget's window, and any session seen
 later in it at its first record.
 
 Exactly-once: with `processing_guarantee="exactly_once"` faust wraps, per source partition,
@@ -28,11 +28,13 @@ record is committed (within faust's commit interval; p50 0.6 s in bench.scope_si
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -57,6 +59,8 @@ from processors.budget import (
     unpriced_kill_signal,
     usage_of,
 )
+from processors.dedupe import STORE_URL, DedupeStore, Seen, record_key
+from processors.errors import ProcessorError
 from processors.pricing import Pricer
 from schemas.budgets import Action, BudgetPolicy, Scope, SessionState, SessionStatus, Signal
 from schemas.codec import encode
@@ -76,7 +80,18 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.01
+# after a batch of at least BUSY_FROM_EVENTS the stream is busy: the next batch may fill for
+# BUSY_LINGER_S more (bigger batches, fewer delivery round trips: 141-146 -> 121-123 us of CPU per
+# event in bench.pipeline); a quiet stream's lone event never waits
+BUSY_FROM_EVENTS = 10
+BUSY_LINGER_S = 0.002
+# A batch's records to one partition leave in one produce request, not one per 16 KiB (aiokafka's
+# default, about 27 priced events); under faust's 1 MB request limit and the broker's message.max.bytes.
+PRODUCER_BATCH_BYTES = 512 * 1024
 DEDUPE_CLEANUP_INTERVAL_S = 300.0
+# a scope-usage record carries up to this many events' usage (about 300 bytes each): well under
+# the broker's 1 MB message limit
+SCOPE_ITEMS_PER_RECORD = 500
 BROKER_SESSION_TIMEOUT_S = 10.0
 EXIT_STATE_UNSAFE = 70
 
@@ -270,6 +285,130 @@ class SignalPublisher:
 # --------------------------------------------------------------------------- the app
 
 
+async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIterator[list[faust.EventT]]:
+    """The stream's events in batches of what has arrived: a batch is yielded as soon as the stream's
+    queue is empty (or it holds `max_events`, or `within` seconds passed), and acked once processed.
+
+    faust's `take_events` waits `within` seconds for a batch to fill whenever fewer than `max_events`
+    are queued: on a quiet stream that delay (10 ms here) was most of a signal's latency, and on a
+    busy one its batches held only what the drainer moved in that window (about 200 events). Here
+    a lone event goes at once, and under load a batch takes what queued up while the previous
+    one was processed (plus what arrives within BUSY_LINGER_S after a big batch). Acking after processing, as `take_events` does, is what keeps a batch's
+    offsets out of a commit until its outputs are sent.
+    """
+    events: list[faust.EventT] = []
+    ready = asyncio.Event()
+    taken = asyncio.Event()  # the caller has finished the batch that was full
+    in_use: asyncio.Future[None] | None = None  # set while the caller holds a batch
+    queue = stream.channel.queue
+
+    async def add(value: Any) -> Any:
+        nonlocal in_use
+        if in_use is not None:
+            await in_use  # the drainer waits while a batch is processed: nothing is added to it
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("drain_batches: the stream has no current event")
+        events.append(event)
+        if len(events) >= max_events:
+            ready.set()
+            taken.clear()
+            await stream.wait(taken)  # never more than max_events in a batch
+        elif queue.empty():
+            ready.set()
+        return value
+
+    busy = False  # the previous batch was big: let this one fill a little
+    acks = stream.enable_acks
+    stream.enable_acks = False  # acked below, after the caller processed them
+    stream.add_processor(add)
+    stream._enable_passive(aiter(stream.channel))
+    try:
+        while not stream.should_stop:
+            if not ready.is_set():
+                # plain asyncio: mode's wait_for_stopped creates two tasks per call, once per batch
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), within)
+            if not events:
+                continue
+            if busy and len(events) < max_events:
+                await asyncio.sleep(BUSY_LINGER_S)
+            busy = len(events) >= BUSY_FROM_EVENTS
+            in_use = asyncio.get_running_loop().create_future()
+            try:
+                yield list(events)
+            finally:
+                batch = list(events)
+                events.clear()
+                for event in batch:
+                    await stream.ack(event)
+                in_use.set_result(None)
+                in_use = None
+                ready.clear()
+                taken.set()
+    finally:
+        stream.enable_acks = acks
+        stream._processors.remove(add)
+
+
+SAME_PARTITION = -1
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One record for Kafka; `partition` None means by key (the producer's partitioner)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+
+
+# a batch's records by the source partition whose transaction they belong to
+Outbox = dict[int, list[Outgoing]]
+
+
+def put(
+    outbox: Outbox,
+    source_partition: int,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    to_partition: int | None = SAME_PARTITION,
+) -> None:
+    """Queue a record in `source_partition`'s transaction; it goes to the same partition number
+    of `topic` unless `to_partition` says otherwise."""
+    out = source_partition if to_partition == SAME_PARTITION else to_partition
+    outbox.setdefault(source_partition, []).append(Outgoing(topic, key, value, out))
+
+
+class TransactionGone(ProcessorError):
+    """A batch's source partition has no transactional producer any more (it moved to another worker
+    during the batch): the worker exits and its state is rebuilt from the changelog at restart."""
+
+
+async def _append_records(client: Any, records: list[Outgoing], futures: list[Any]) -> None:
+    """Hand records to an aiokafka producer: one record batch per topic partition named by the caller
+    (one delivery future each, instead of one future and one callback per record), keyed ones
+    one by one through its partitioner. Order within a topic partition is kept."""
+    builders: dict[tuple[str, int], Any] = {}
+    for r in records:
+        if r.partition is None:
+            futures.append(await client.send(r.topic, r.value, key=r.key))
+            continue
+        tp = (r.topic, r.partition)
+        builder = builders.get(tp)
+        if builder is None:
+            builder = builders[tp] = client.create_batch()
+        if builder.append(timestamp=None, key=r.key, value=r.value) is None:  # full
+            futures.append(await client.send_batch(builder, r.topic, partition=r.partition))
+            builder = builders[tp] = client.create_batch()
+            if builder.append(timestamp=None, key=r.key, value=r.value) is None:
+                raise ValueError(f"a record of {len(r.value or b'')} bytes is larger than a producer batch")
+    for (topic, partition), builder in builders.items():
+        futures.append(await client.send_batch(builder, topic, partition=partition))
+
+
 def _store_put(table: Any, key: bytes, value: bytes, partition: int) -> None:
     """Write a table's memory store without faust's per-key changelog message.
 
@@ -310,6 +449,7 @@ class LedgerApp:
             autodiscover=False,
             consumer_auto_offset_reset="earliest",
             broker_max_poll_records=BATCH_MAX,
+            producer_max_batch_size=PRODUCER_BATCH_BYTES,
             stream_buffer_maxsize=4 * BATCH_MAX,
             # a crashed worker's partitions move after 10 s rather than faust's default 60 s
             broker_session_timeout=BROKER_SESSION_TIMEOUT_S,
@@ -323,7 +463,7 @@ class LedgerApp:
         self.alerts_name = settings.topic(ALERTS.suffix)
         # bytes in and out: faust picks the changelog's (and recovery's) codec from these types
         raw_table: dict[str, Any] = {"partitions": settings.partitions, "key_type": bytes, "value_type": bytes}
-        self.dedupe = self.app.Table("dedupe", **raw_table)
+        self.dedupe = self.app.Table("dedupe", store=STORE_URL, **raw_table)
         self.budgets = self.app.Table("budgets", **raw_table)
         self.scope_budgets = self.app.Table("scope-budgets", **raw_table)
         self.book = BudgetBook(loader=self._load_budget)
@@ -342,15 +482,6 @@ class LedgerApp:
 
     # -- state through faust's memory store: our objects in, raw bytes from a restore
 
-    def _seen(self, event_id: bytes, now_s: float) -> bool:
-        value = self.dedupe.data.get(event_id)
-        if value is None:
-            return False
-        return float(value) >= now_s - self.settings.dedupe_retention_s
-
-    def _remember(self, event_id: bytes, partition: int, now_s: float) -> None:
-        _store_put(self.dedupe, event_id, str(int(now_s)).encode(), partition)
-
     def _load_budget(self, key: str) -> dict[str, Any] | None:
         raw = self.budgets.data.get(key.encode())
         return None if raw is None else orjson.loads(raw)
@@ -359,37 +490,40 @@ class LedgerApp:
         raw = self.scope_budgets.data.get(key.encode())
         return None if raw is None else orjson.loads(raw)
 
-    async def _send(
-        self,
-        pending: list[Any],
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int,
-        *,
-        source: str | None = None,
-        to_partition: int | None = -1,
-    ) -> None:
-        """Send in the transaction of partition `partition` of `source` (exactly-once), else plainly.
-
-        The record goes to the same partition number of `topic`, unless `to_partition` says
-        otherwise (None: by key, the producer's partitioner).
+    async def _send_outbox(self, outbox: Outbox, source: str) -> None:
+        """Send a batch's records, each source partition's in its transaction (exactly-once), else plainly,
+        and wait for their delivery, so an error stops the worker before the batch's offsets are acked.
 
         faust's own Topic.send derives the transactional id from the *consumer's* metadata for the
         output topic; for a topic the worker does not consume (priced-events, the DLQ) that is
         unknown, so faust silently sends outside the transaction. Here the id is the one faust
         commits the source partition's offsets under: `{app id}-{topic group}-{partition}`.
-        Faust's Topic.send also costs more than the rest of an event's processing. The delivery
-        futures are awaited once per batch, so errors still surface.
+
+        A partition's records are appended to its producer under faust's lock for that transaction,
+        all at once: faust's commit timer takes the same lock, so it commits either none or all of a
+        batch's outputs and changelog records for that partition, never a part (a crash after a
+        commit that held only the batch's dedupe records would skip its events on the replay).
+        The records go straight to aiokafka, batched per topic partition: faust's Producer.send,
+        and aiokafka's per-record futures, cost more than the rest of an event's processing.
         """
         app = self.app
-        tid = None
+        futures: list[Any] = []
         if app.in_transaction:
-            group = app.assignor.group_for_topic(source or self.source_name)
-            tid = f"{app.conf.id}-{group}-{partition}"
-        producer = app.consumer.transactions.producer if tid else await app.maybe_start_producer()
-        out = partition if to_partition == -1 else to_partition
-        pending.append(await producer.send(topic, key, value, out, None, None, transactional_id=tid))
+            producer = cast(Any, app.consumer.transactions).producer
+            group = app.assignor.group_for_topic(source)
+            for source_partition, records in outbox.items():
+                tid = f"{app.conf.id}-{group}-{source_partition}"
+                client = producer._transaction_producers.get(tid)
+                if client is None:
+                    raise TransactionGone(f"no transactional producer {tid}")
+                async with producer._trn_locks[tid]:
+                    await _append_records(client, records, futures)
+        else:
+            client = cast(Any, await app.maybe_start_producer())._ensure_producer()
+            for records in outbox.values():
+                await _append_records(client, records, futures)
+        if futures:
+            await asyncio.gather(*futures)
 
     async def _drop_stale_transactions(self, app: Any, assigned: set[Any], **_: Any) -> None:
         """Stop transactional producers of partitions this worker no longer owns.
@@ -415,7 +549,7 @@ class LedgerApp:
         await self._run_batches(stream, self.handle_scope_batch)
 
     async def _run_batches(self, stream: faust.StreamT, handle: Callable[[Sequence[faust.EventT]], Any]) -> None:
-        async for events in cast(Any, stream).take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for events in drain_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
             try:
                 await handle(events)
             except Exception:
@@ -433,22 +567,29 @@ class LedgerApp:
         now = self.now()
         now_s = now.timestamp()
         policies = self.policies.current
-        dedupe_writes: list[tuple[bytes, int, bytes]] = []
-        pending: list[Any] = []
+        seen_store = cast(DedupeStore, self.dedupe.data)
+        horizon = now_s - self.settings.dedupe_retention_s
+        in_batch: set[str] = set()
+        fresh: dict[int, tuple[int, list[str]]] = {}  # source partition -> (first offset, new event ids)
+        scope_items: dict[tuple[int, str], list[dict[str, Any]]] = {}  # (source partition, scope value)
+        outbox: Outbox = {}
         signals_sent = 0
         for ev in events:
             msg = ev.message
             metrics.EVENTS_CONSUMED.inc()
             parsed = parse_event(msg.value)
             if isinstance(parsed, Rejection):
-                await self._dead_letter(pending, msg, parsed, now)
+                self._dead_letter(outbox, msg, parsed, now)
                 continue
-            event_id = parsed.event_id.encode()
-            if self._seen(event_id, now_s):
+            event_id = parsed.event_id
+            if event_id in in_batch or seen_store.seen(event_id, horizon):
                 metrics.EVENTS_DEDUPLICATED.inc()
                 continue
-            self._remember(event_id, msg.partition, now_s)
-            dedupe_writes.append((event_id, msg.partition, str(int(now_s)).encode()))
+            in_batch.add(event_id)
+            if msg.partition in fresh:
+                fresh[msg.partition][1].append(event_id)
+            else:
+                fresh[msg.partition] = (msg.offset, [event_id])
             at, clamped, late = event_time(
                 parsed.occurred_at, now, self.settings.max_future_skew_s, self.settings.late_grace_s
             )
@@ -460,35 +601,40 @@ class LedgerApp:
                 priced = self.pricer.price(event, now)
             except Exception as exc:  # a pricing bug must not stop the stream
                 log.exception("pricing failed for %s", parsed.event_id)
-                await self._dead_letter(pending, msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
+                self._dead_letter(outbox, msg, Rejection("pricing_error", f"pricing failed: {exc!r}"), now)
                 continue
             if clamped or late:
                 priced = priced.model_copy(update={"clamped": priced.clamped or clamped, "late": late})
                 (metrics.EVENTS_CLAMPED if clamped else metrics.EVENTS_LATE).inc()
-            await self._send(pending, self.priced_name, event.session_id.encode(), encode(priced), msg.partition)
+            put(outbox, msg.partition, self.priced_name, event.session_id.encode(), encode(priced))
             metrics.EVENTS_PRICED.inc()
             signals, alerts, forwards = self._budget(priced, policies, now, msg.partition, late)
             for signal in signals:
                 self.signals.publish(signal)
                 signals_sent += 1
             for alert_key, alert in alerts:
-                await self._send(pending, self.alerts_name, alert_key, alert, msg.partition, to_partition=None)
-            for scope_key, record in forwards:
-                await self._send(pending, self.scope_name, scope_key, record, msg.partition, to_partition=None)
+                put(outbox, msg.partition, self.alerts_name, alert_key, alert, to_partition=None)
+            for sval, item in forwards:
+                scope_items.setdefault((msg.partition, sval), []).append(item)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
-        for key, partition, value in dedupe_writes:
-            await self._send(pending, self.dedupe_changelog, key, value, partition)
-        await self._write_dirty(pending, self.book, self.budgets, self.budgets_changelog, self.source_name)
-        if pending:
-            await asyncio.gather(*pending)
+        for partition, (offset, ids) in fresh.items():
+            key = record_key(partition, offset)
+            value = seen_store.put(key, Seen(int(now_s), tuple(ids)), partition)
+            put(outbox, partition, self.dedupe_changelog, key, value)
+        for (partition, sval), items in scope_items.items():
+            for i in range(0, len(items), SCOPE_ITEMS_PER_RECORD):
+                record = orjson.dumps({"sv": sval, "items": items[i : i + SCOPE_ITEMS_PER_RECORD]})
+                put(outbox, partition, self.scope_name, sval.encode(), record, to_partition=None)
+        self._write_dirty(outbox, self.book, self.budgets, self.budgets_changelog)
+        await self._send_outbox(outbox, self.source_name)
 
-    async def _write_dirty(self, pending: list[Any], book: BudgetBook, table: Any, changelog: str, source: str) -> None:
+    def _write_dirty(self, outbox: Outbox, book: BudgetBook, table: Any, changelog: str) -> None:
         for skey, (state, partition) in book.take_dirty().items():
             bkey = skey.encode()
             value = orjson.dumps(state.to_json())
             _store_put(table, bkey, value, partition)
-            await self._send(pending, changelog, bkey, value, partition, source=source)
+            put(outbox, partition, changelog, bkey, value)
         # the store is the state; the book's copies are per batch, so a rebalance never leaves them stale
         book.states.clear()
 
@@ -499,13 +645,14 @@ class LedgerApp:
         now: datetime,
         partition: int,
         late: bool = False,
-    ) -> tuple[list[Signal], list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-        """(signals, alerts, scope-usage records) for one priced event.
+    ) -> tuple[list[Signal], list[tuple[bytes, bytes]], list[tuple[str, dict[str, Any]]]]:
+        """(signals, alerts, (scope value, usage item) to forward) for one priced event.
 
         Budgets whose scope includes the session are kept here: all of a session's events are on
         this partition. Wider ones (team, agent type, ...) are spread over every partition, so
         their usage is forwarded to `scope-usage`, keyed by scope value, to the one owner of
-        that key (`handle_scope_batch`).
+        that key (`handle_scope_batch`): one record per scope value per source partition per
+        batch, with the items of its events in order.
         """
         event = priced.event
         signals: list[Signal] = []
@@ -532,20 +679,17 @@ class LedgerApp:
                 wide.setdefault(sval, []).append(policy.policy_id)
         forwards = [
             (
-                sval.encode(),
-                orjson.dumps(
-                    {
-                        "sv": sval,
-                        "p": ids,
-                        "s": event.session_id,
-                        "e": event.event_id,
-                        "m": event.model,
-                        "at": event.occurred_at.isoformat(),
-                        "now": now.isoformat(),
-                        "late": late,
-                        "u": usage.to_json(),
-                    }
-                ),
+                sval,
+                {
+                    "p": ids,
+                    "s": event.session_id,
+                    "e": event.event_id,
+                    "m": event.model,
+                    "at": event.occurred_at.isoformat(),
+                    "now": now.isoformat(),
+                    "late": late,
+                    "u": usage.to_json(),
+                },
             )
             for sval, ids in wide.items()
         ]
@@ -579,54 +723,51 @@ class LedgerApp:
         first record (the hook refuses its next call).
         """
         now = self.now()
-        pending: list[Any] = []
+        outbox: Outbox = {}
         signals_sent = 0
         policies = self.policies.by_id
         for ev in events:
             msg = ev.message
             try:
                 rec = orjson.loads(msg.value or b"")
-                usage = Usage.from_json(rec["u"])
-                at = datetime.fromisoformat(rec["at"])
-                seen_at = datetime.fromisoformat(rec["now"])
+                sval, items = rec["sv"], rec["items"]
             except (ValueError, KeyError, TypeError):
                 log.error("bad scope-usage record at %s/%s, skipped", msg.partition, msg.offset)
                 continue
-            crossings: list[Crossing] = []
-            for policy_id in rec["p"]:
-                policy = policies.get(policy_id)
-                if policy is None or not policy.enabled:
-                    continue  # deleted or disabled since the session's worker saw it
-                crossings += self.scope_book.record_scope(
-                    policy,
-                    rec["sv"],
-                    at,
-                    usage,
-                    tag=msg.partition,
-                    now=seen_at,
-                    late=bool(rec.get("late")),
-                    session_id=rec["s"],
-                )
-            for signal in self._signals_for(crossings, rec["e"], rec.get("m"), now):
-                self.signals.publish(signal)
-                signals_sent += 1
-            for alert_key, alert in self._alerts_for(crossings, now):
-                await self._send(
-                    pending,
-                    self.alerts_name,
-                    alert_key,
-                    alert,
-                    msg.partition,
-                    source=self.scope_name,
-                    to_partition=None,
-                )
+            for item in items:
+                try:
+                    usage = Usage.from_json(item["u"])
+                    at = datetime.fromisoformat(item["at"])
+                    seen_at = datetime.fromisoformat(item["now"])
+                except (ValueError, KeyError, TypeError):
+                    log.error("bad scope-usage item at %s/%s, skipped", msg.partition, msg.offset)
+                    continue
+                crossings: list[Crossing] = []
+                for policy_id in item["p"]:
+                    policy = policies.get(policy_id)
+                    if policy is None or not policy.enabled:
+                        continue  # deleted or disabled since the session's worker saw it
+                    crossings += self.scope_book.record_scope(
+                        policy,
+                        sval,
+                        at,
+                        usage,
+                        tag=msg.partition,
+                        now=seen_at,
+                        late=bool(item.get("late")),
+                        session_id=item["s"],
+                    )
+                for signal in self._signals_for(crossings, item["e"], item.get("m"), now):
+                    self.signals.publish(signal)
+                    signals_sent += 1
+                for alert_key, alert in self._alerts_for(crossings, now):
+                    put(outbox, msg.partition, self.alerts_name, alert_key, alert, to_partition=None)
         if signals_sent:
             await asyncio.get_running_loop().run_in_executor(None, self.signals.flush)
-        await self._write_dirty(pending, self.scope_book, self.scope_budgets, self.scope_changelog, self.scope_name)
-        if pending:
-            await asyncio.gather(*pending)
+        self._write_dirty(outbox, self.scope_book, self.scope_budgets, self.scope_changelog)
+        await self._send_outbox(outbox, self.scope_name)
 
-    async def _dead_letter(self, pending: list[Any], msg: Any, rejection: Rejection, now: datetime) -> None:
+    def _dead_letter(self, outbox: Outbox, msg: Any, rejection: Rejection, now: datetime) -> None:
         raw: bytes = msg.value or b""
         letter = DeadLetter(
             topic=msg.topic,
@@ -637,7 +778,7 @@ class LedgerApp:
             payload=raw[:MAX_EVENT_BYTES].decode("utf-8", "replace"),
             failed_at=now,
         )
-        await self._send(pending, self.dlq_name, msg.key, encode(letter), msg.partition)
+        put(outbox, msg.partition, self.dlq_name, msg.key, encode(letter))
         metrics.EVENTS_DEAD_LETTERED.labels(rejection.code).inc()
 
     async def _expire_dedupe(self) -> None:
@@ -648,14 +789,7 @@ class LedgerApp:
 
     async def _expire_dedupe_once(self) -> None:
         horizon = self.now().timestamp() - self.settings.dedupe_retention_s
-        store = cast(Any, self.dedupe.data)
-        old = [k for k, v in list(store.items()) if float(v) < horizon]
-        pending: list[Any] = []
-        for key in old:
-            partition = store._key_partition.get(key)
-            store.pop(key, None)
-            store._key_partition.pop(key, None)
-            if partition is not None:
-                await self._send(pending, self.dedupe_changelog, key, None, partition)
-        if pending:
-            await asyncio.gather(*pending)
+        outbox: Outbox = {}
+        for key, partition in cast(DedupeStore, self.dedupe.data).expire(horizon):
+            put(outbox, partition, self.dedupe_changelog, key, None)
+        await self._send_outbox(outbox, self.source_name)

@@ -34,6 +34,9 @@ def run(settings: Settings, *, loglevel: str = "warning") -> None:
     ledger.policies.start()
     _serve_metrics(settings.worker_web_port)
     worker = faust.Worker(ledger.app, loglevel=loglevel, quiet=True)
+    # faust's terminal spinner sets the root logger to DEBUG so that every record turns it:
+    # aiokafka then builds a debug record for every message sent (about 3 per event)
+    worker.spinner = None
     try:
         # mode's worker installs SIGTERM/SIGINT handlers that stop the app cleanly
         worker.execute_from_commandline()
