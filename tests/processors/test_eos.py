@@ -152,13 +152,14 @@ def test_contiguous_topic_commits_one_past_the_last_acked() -> None:
     assert eos._offset_after_last_acked(_consumer([10, 11, 12], tp=SOURCE), SOURCE) == 13
 
 
-def test_a_message_skipped_in_a_contiguous_topic_stops_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    def exit_(code: int) -> None:
-        raise SystemExit(code)
-
-    monkeypatch.setattr(eos.os, "_exit", exit_)
+def test_a_hole_in_a_contiguous_topic_stops_the_commit_there_and_is_read_again() -> None:
     consumer = _consumer([10, 11, 14, 15], tp=SOURCE)  # 12 and 13 never reached the agent
-    with pytest.raises(SystemExit) as exited:
-        eos._offset_after_last_acked(consumer, SOURCE)
-    assert exited.value.code == eos.EXIT_STATE_UNSAFE
-    assert consumer._acked[SOURCE] == [10, 11, 14, 15], "nothing may be committed past the hole"
+    assert eos._offset_after_last_acked(consumer, SOURCE) == 12
+    assert eos.commit_gate(consumer.app).holes == {SOURCE: 12}
+    assert consumer._acked[SOURCE] == [14, 15] and consumer._acked_index[SOURCE] == {14, 15}
+
+
+def test_a_hole_at_the_head_commits_nothing() -> None:
+    consumer = _consumer([12, 13], tp=SOURCE)  # committed 10: 10 and 11 never reached the agent
+    assert eos._offset_after_last_acked(consumer, SOURCE) is None
+    assert eos.commit_gate(consumer.app).holes == {SOURCE: 10}
