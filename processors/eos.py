@@ -47,6 +47,8 @@ the ground truth computed from the input):
    owner fences them and, if the partition comes back, every send fails. Fixed by 3, and
    `install` drops any producer left for a partition not assigned.
 6. Recovery's end offset under exactly-once: see `committed_highwaters`.
+7. After a recovery faust lets records flow to the agents while it seeks the stream partitions
+   back to their committed offsets: see `_resume_stream_partitions_with_flow_stopped`.
 """
 
 from __future__ import annotations
@@ -217,6 +219,28 @@ def _offset_after_last_acked(self: Any, tp: Any) -> int | None:
 
 
 faust_consumer.Consumer._new_offset = _offset_after_last_acked  # type: ignore[method-assign]
+
+_resume_partitions = faust_consumer.Consumer.resume_partitions
+
+
+def _resume_stream_partitions_with_flow_stopped(self: Any, tps: Iterable[Any]) -> None:
+    """Stop the flow when faust resumes the stream partitions after a recovery.
+
+    `Recovery._resume_streams` resumes them, then awaits the seek to the committed offsets, then
+    clears the stream queues (`flow_control.resume`) and resumes the flow. With the flow still
+    running from the changelog recovery, records fetched in between reach the agents: processed
+    and then read again after the seek (a scope-usage record counted twice), or cleared from the
+    queues after faust's read offset has moved past them (never processed: the holes
+    `_offset_after_last_acked` sees). Stopped here, nothing flows until faust resumes it, after
+    the seek.
+    """
+    tps = list(tps)
+    if getattr(self.app, _GATE, None) is not None and any(not self._is_changelog_tp(tp) for tp in tps):
+        self.stop_flow()
+    _resume_partitions(self, tps)
+
+
+faust_consumer.Consumer.resume_partitions = _resume_stream_partitions_with_flow_stopped  # type: ignore[method-assign]
 
 
 def ensure_changelog_topics(app: Any, settings: Settings, timeout: float = 30.0) -> None:
