@@ -20,6 +20,9 @@ writes and the consumed offsets in one Kafka transaction. Dedupe and budget stat
 memory (faust memory-store tables) and reach their changelogs once per changed key per batch,
 inside that transaction; after a crash the worker restores them from the committed changelog
 and re-reads from the committed offset, so an event is counted once and an alert fires once.
+faust 0.15.3 alone breaks this at rebalances and when a commit falls inside a batch;
+`processors.eos` fixes both (commits wait for the batches in flight and commit whole batches;
+every rebalance rebuilds the state from what is committed, as a restart does).
 Signals are sent outside the transaction (they must be fast); a replay re-sends the same
 `signal_id`, which consumers treat as a repeat. Scope signals come after the scope-usage
 record is committed (within faust's commit interval; p50 0.6 s in bench.scope_signal_latency).
@@ -39,13 +42,12 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
-import faust.transport.drivers.aiokafka as faust_aiokafka
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from pydantic import ValidationError
 
 from agentledger.settings import Settings
-from processors import metrics
+from processors import eos, metrics
 from processors.budget import (
     BudgetBook,
     Crossing,
@@ -105,22 +107,6 @@ STATE_FOR_ACTION = {
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-async def _committed_highwaters(self: Any, partitions: list[Any]) -> Any:
-    """End offsets as a read_committed consumer sees them (the last stable offset), from the broker.
-
-    faust 0.15.3 takes them, under exactly-once, from `consumer.last_stable_offset(tp)`, which
-    aiokafka only knows after it has fetched from that partition. For a changelog partition
-    newly assigned by a rebalance it is None, read as "empty" (-1): recovery then restores
-    nothing (dedupe and budgets of the moved partitions are lost, events count twice), or, when
-    an offset was kept from an earlier generation, crashes with ConsistencyError. aiokafka's
-    `end_offsets` sends ListOffsets with the consumer's isolation level, which returns the LSO.
-    """
-    return await self._ensure_consumer().end_offsets(partitions)
-
-
-faust_aiokafka.AIOKafkaConsumerThread._highwaters = _committed_highwaters  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- validation
@@ -477,7 +463,9 @@ class LedgerApp:
         self.scope_changelog = self.scope_budgets.changelog_topic.get_topic_name()
         self.app.agent(self.source, name="ledger")(self._agent)
         self.app.agent(self.scope_topic, name="scopes")(self._scope_agent)
-        self.app.on_partitions_assigned.connect(cast(Any, self._drop_stale_transactions))
+        if processing_guarantee == "exactly_once":
+            # the hook's producer is idempotent, not transactional: no markers in cost-events
+            eos.install(self.app, contiguous_topics=[self.source_name])
         self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
 
     # -- state through faust's memory store: our objects in, raw bytes from a restore
@@ -525,23 +513,6 @@ class LedgerApp:
         if futures:
             await asyncio.gather(*futures)
 
-    async def _drop_stale_transactions(self, app: Any, assigned: set[Any], **_: Any) -> None:
-        """Stop transactional producers of partitions this worker no longer owns.
-
-        faust 0.15 keeps them when a partition moves to another worker (whose new producer then
-        fences ours); if the partition comes back later, faust re-uses the fenced producer and
-        every send fails with ProducerFenced, so the agent crashes and the partition stalls.
-        Dropping them here makes faust create a fresh producer on re-assignment.
-        """
-        if not self.app.in_transaction:
-            return
-        transactions = cast(Any, self.app.consumer.transactions)
-        active = transactions._tps_to_transactional_ids(set(assigned))
-        producer = transactions.producer
-        for tid in [t for t in list(producer._transaction_producers) if t not in active]:
-            log.info("stopping stale transactional producer %s", tid)
-            await producer.stop_transaction(tid)
-
     async def _agent(self, stream: faust.StreamT) -> None:
         await self._run_batches(stream, self.handle_batch)
 
@@ -549,9 +520,14 @@ class LedgerApp:
         await self._run_batches(stream, self.handle_scope_batch)
 
     async def _run_batches(self, stream: faust.StreamT, handle: Callable[[Sequence[faust.EventT]], Any]) -> None:
+        gated = self.app.in_transaction
         async for events in drain_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
             try:
-                await handle(events)
+                if gated:  # a commit must never split a batch (processors.eos.CommitGate)
+                    async with eos.batch(self.app, stream, events):
+                        await handle(events)
+                else:
+                    await handle(events)
             except Exception:
                 if self.app.should_stop:
                     raise  # shutting down: nothing more will be processed by this process

@@ -27,10 +27,12 @@ def run(settings: Settings, *, loglevel: str = "warning") -> None:
     """Create the topics, load the budget policies and process events until SIGTERM/SIGINT."""
     import faust
 
+    from processors import eos
     from processors.app import LedgerApp
 
     ensure_topics(settings)
     ledger = LedgerApp(settings)
+    eos.ensure_changelog_topics(ledger.app, settings)
     ledger.policies.start()
     _serve_metrics(settings.worker_web_port)
     worker = faust.Worker(ledger.app, loglevel=loglevel, quiet=True)

@@ -121,6 +121,7 @@ class TopicReader:
     """Reads one topic from the beginning (read_committed), accumulating what it has seen."""
 
     def __init__(self, settings: Settings, suffix: str) -> None:
+        self.settings = settings
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
