@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from agentledger.settings import Settings
-from schemas.events import derive_event_id
+from schemas.events import CostEvent, derive_event_id
 from tests.conftest import delete_test_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +47,25 @@ def make_event(**overrides: Any) -> dict[str, Any]:
     }
     event.update(overrides)
     return event
+
+
+def cost_event(**overrides: Any) -> CostEvent:
+    """A valid llm_call CostEvent (1000 in, 500 out, at 2026-06-01 12:00 UTC) for pricing tests;
+    `provider` and `model` are the caller's."""
+    values: dict[str, Any] = {
+        "event_id": "0" * 32,
+        "kind": "llm_call",
+        "occurred_at": datetime(2026, 6, 1, 12, tzinfo=UTC),
+        "session_id": "s1",
+        "workflow_id": "wf",
+        "step": 0,
+        "step_name": "call",
+        "agent_type": "a",
+        "input_tokens": 1000,
+        "output_tokens": 500,
+    }
+    values.update(overrides)
+    return CostEvent(**values)
 
 
 def _free_port() -> int:

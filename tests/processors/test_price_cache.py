@@ -26,6 +26,7 @@ from processors.price_cache import PriceCache, class_counts, linear_price, probe
 from processors.pricing import price_event
 from processors.ratecard import parse_rate_card
 from schemas.events import MAX_TOKENS, CostEvent
+from tests.processors.conftest import cost_event
 
 pytestmark = pytest.mark.unit
 
@@ -208,22 +209,7 @@ def test_random_counts_equal_calc_price(
 
 
 def event(**overrides: Any) -> CostEvent:
-    values: dict[str, Any] = {
-        "event_id": "0" * 32,
-        "kind": "llm_call",
-        "occurred_at": WHEN,
-        "session_id": "s1",
-        "workflow_id": "wf",
-        "step": 0,
-        "step_name": "call",
-        "agent_type": "a",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "input_tokens": 1000,
-        "output_tokens": 500,
-    }
-    values.update(overrides)
-    return CostEvent(**values)
+    return cost_event(**{"provider": "openai", "model": "gpt-4o", **overrides})
 
 
 @pytest.mark.parametrize(

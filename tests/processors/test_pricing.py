@@ -13,6 +13,7 @@ from processors.errors import RateCardError
 from processors.pricing import genai_prices_version, price_event
 from processors.ratecard import parse_rate_card
 from schemas.events import CostEvent
+from tests.processors.conftest import cost_event
 
 pytestmark = pytest.mark.unit
 
@@ -21,22 +22,7 @@ WHEN = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
 def event(**overrides: Any) -> CostEvent:
-    values: dict[str, Any] = {
-        "event_id": "0" * 32,
-        "kind": "llm_call",
-        "occurred_at": WHEN,
-        "session_id": "s1",
-        "workflow_id": "wf",
-        "step": 0,
-        "step_name": "call",
-        "agent_type": "a",
-        "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 1000,
-        "output_tokens": 500,
-    }
-    values.update(overrides)
-    return CostEvent(**values)
+    return cost_event(**{"provider": "anthropic", "model": "claude-sonnet-4-5", **overrides})
 
 
 def test_llm_call_equals_genai_prices():

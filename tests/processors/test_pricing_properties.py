@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from processors.pricing import price_event
 from processors.ratecard import Discount, ModelRate, RateCard
 from schemas.events import MAX_TOKENS, CostEvent
+from tests.processors.conftest import cost_event
 
 pytestmark = pytest.mark.unit
 
@@ -33,22 +34,7 @@ percents = st.decimals(min_value=0, max_value=100, places=3, allow_nan=False, al
 
 
 def event(**overrides: Any) -> CostEvent:
-    values: dict[str, Any] = {
-        "event_id": "0" * 32,
-        "kind": "llm_call",
-        "occurred_at": WHEN,
-        "session_id": "s1",
-        "workflow_id": "wf",
-        "step": 0,
-        "step_name": "call",
-        "agent_type": "a",
-        "provider": "acme",
-        "model": "acme-large",
-        "input_tokens": 1000,
-        "output_tokens": 500,
-    }
-    values.update(overrides)
-    return CostEvent(**values)
+    return cost_event(**{"provider": "acme", "model": "acme-large", **overrides})
 
 
 def card(input_mtok: Decimal, output_mtok: Decimal, cache_read_mtok: Decimal | None = None) -> RateCard:
