@@ -2,7 +2,7 @@
 
 Every table here is a ReplacingMergeTree; each query takes the latest version of a row
 itself (argMax or LIMIT 1 BY), so answers are exact before merges, without FINAL. Spend
-comes from `priced_events` deduplicated by event_id, as in the chargeback report; a team
+comes from the event ledger (one row per event_id), as in the chargeback report; a team
 filter is always a bound parameter.
 """
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from api.errors import InvalidParameter
-from api.queries import CALLS, CHARGED, deduplicated, to_utc
+from api.queries import CALLS, CHARGED, to_utc
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2261, 12, 31, tzinfo=UTC)
@@ -32,17 +32,6 @@ def utc_in_range(value: datetime | None, field: str) -> datetime | None:
 
 
 SESSION_STATES = ("active", "warned", "downgraded", "paused", "killed")
-_SPEND_COLUMNS = (
-    "session_id",
-    "team",
-    "agent_type",
-    "kind",
-    "cost",
-    "list_cost",
-    "input_tokens",
-    "output_tokens",
-    "occurred_at",
-)
 
 
 def _spend_where(
@@ -70,7 +59,7 @@ def session_spend_query(database: str, session_id: str, team: str | None) -> tup
         "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
         "min(occurred_at) AS first_event_at, max(occurred_at) AS last_event_at, "
         "arraySort(groupUniqArray(team)) AS teams "
-        f"FROM ({deduplicated('database', _SPEND_COLUMNS, where)})"
+        f"FROM {{database:Identifier}}.event_ledger{where}"
     )
     return sql, params
 
@@ -120,7 +109,7 @@ def sessions_query(
         )
     spend = (
         f"SELECT session_id, sum(cost) AS cost, {CALLS} AS calls, count() AS events, max(occurred_at) AS last_event_at "
-        f"FROM ({deduplicated('database', _SPEND_COLUMNS, where)}) GROUP BY session_id"
+        f"FROM {{database:Identifier}}.event_ledger{where} GROUP BY session_id"
     )
     status = (
         "SELECT session_id, argMax(state, updated_at) AS state, max(updated_at) AS status_at "
