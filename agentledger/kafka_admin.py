@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import structlog
@@ -76,3 +77,19 @@ def wait_for_group(settings: Settings, group_id: str, timeout: float = 120.0) ->
             pass
         time.sleep(0.3)
     return False
+
+
+def delete_run_topics(settings: Settings) -> None:
+    """Drop the topics under `settings.topic_prefix` and its worker's faust topics (tests and
+    benches, which give each run its own prefix, so a long session does not fill the broker's
+    small heap with partitions). Raises KafkaException if the broker cannot list topics."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    names = [
+        t
+        for t in admin.list_topics(timeout=10).topics
+        if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
+    ]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=10).values():
+            with contextlib.suppress(Exception):  # already gone, or deleted by another cleanup
+                future.result(timeout=15)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import cast
 
 import structlog
@@ -123,19 +124,15 @@ class PolicyCache:
         return all(self._positions.get(p, 0) >= end for p, end in ends.items())
 
     def _catch_up(self, timeout: float) -> None:
-        try:
-            ends = self._ends(timeout)
-        except KafkaException as exc:
-            raise PolicyCacheUnavailable(f"cannot read {self.topic}: {exc}") from exc
-        deadline = time.monotonic() + timeout
-        while not self._caught_up(ends):
-            if time.monotonic() > deadline:
-                raise PolicyCacheUnavailable(f"{self.topic} not read to its end within {timeout:.0f}s")
-            self._poll(0.1)
+        self._read_to_end(timeout, self._poll, 0.1)
 
     def wait_caught_up(self, timeout: float = 10.0) -> None:
         """Until the cache has applied everything written to the topic before this call."""
         self.start(timeout)
+        self._read_to_end(timeout, time.sleep, 0.02)
+
+    def _read_to_end(self, timeout: float, step: Callable[[float], object], interval: float) -> None:
+        """Until the topic's current end is applied: `step` reads (this thread) or waits (another's)."""
         try:
             ends = self._ends(timeout)
         except KafkaException as exc:
@@ -144,7 +141,7 @@ class PolicyCache:
         while not self._caught_up(ends):
             if time.monotonic() > deadline:
                 raise PolicyCacheUnavailable(f"{self.topic} not read to its end within {timeout:.0f}s")
-            time.sleep(0.02)
+            step(interval)
 
     def _run(self) -> None:
         while not self._stop.is_set():

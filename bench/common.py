@@ -17,9 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
-
-from agentledger.kafka_admin import ensure_topics
+from agentledger.kafka_admin import delete_run_topics, ensure_topics
 from agentledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,19 +144,9 @@ def bench_settings(bootstrap: str, run_tag: str, stage: str, **overrides: Any) -
 
 
 def delete_topics(settings: Settings) -> None:
-    """Best effort: drop the stage's topics and its worker's faust topics (the shared broker's
-    heap is small)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    """Best effort: drop the stage's topics and its worker's faust topics."""
     try:
-        names = [
-            t
-            for t in admin.list_topics(timeout=10).topics
-            if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
-        ]
-        if names:
-            for future in admin.delete_topics(names, operation_timeout=10).values():
-                with contextlib.suppress(Exception):
-                    future.result(timeout=15)
+        delete_run_topics(settings)
     except Exception as exc:  # cleanup never fails a run
         print(f"warning: could not delete topics of {settings.topic_prefix}: {exc}", file=sys.stderr)
 

@@ -14,7 +14,6 @@ committed and counted, then (timed) 6,000 tokens from another session of the tea
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -27,10 +26,10 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
 
 from agentledger.kafka_admin import ensure_topics
 from agentledger.settings import Settings
+from bench.common import delete_topics
 from processors.policies import publish_policy
 from schemas.budgets import BudgetPolicy, Scope
 from schemas.events import derive_event_id
@@ -43,19 +42,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def delete_topics(settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    names = [
-        t
-        for t in admin.list_topics(timeout=10).topics
-        if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
-    ]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=10).values():
-            with contextlib.suppress(Exception):
-                future.result(timeout=15)
 
 
 def event(session: str, team: str, step: int, tokens: int) -> bytes:

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
-from agentledger.kafka_admin import ensure_topics
+from agentledger.kafka_admin import delete_run_topics, ensure_topics
 from agentledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,21 +75,9 @@ def read_topic(settings: Settings, suffix: str, timeout: float = 20.0) -> list[t
 
 
 def delete_test_topics(settings: Settings) -> None:
-    """Best effort: drop a test's topics and its worker's faust topics, so that the broker's
-    small heap does not fill up with thousands of partitions over a long test session."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    try:
-        names = [
-            t
-            for t in admin.list_topics(timeout=10).topics
-            if t.startswith(settings.topic_prefix) or t.startswith(f"{settings.worker_id}-")
-        ]
-        if names:
-            for future in admin.delete_topics(names, operation_timeout=10).values():
-                with contextlib.suppress(Exception):
-                    future.result(timeout=15)
-    except Exception:  # cleanup must never fail a test
-        pass
+    """Best effort: drop a test's topics and its worker's faust topics."""
+    with contextlib.suppress(Exception):  # cleanup must never fail a test
+        delete_run_topics(settings)
 
 
 @pytest.fixture
