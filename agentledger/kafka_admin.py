@@ -6,8 +6,8 @@ import contextlib
 import time
 
 import structlog
-from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from agentledger.settings import Settings
 from schemas.topics import ALL_TOPICS, TopicSpec, topic_name
@@ -42,24 +42,41 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
 
 
 def _wait_for_leaders(admin: AdminClient, names: set[str], timeout: float) -> None:
-    """Until every partition of `names` has a leader: a topic is created before its partitions
-    can be read or written, and a client that comes at once gets NOT_LEADER_FOR_PARTITION."""
+    """Until every partition of `names` answers a ListOffsets request. A new topic's metadata
+    names a leader before that broker serves the partition, and a client that comes in between
+    gets NOT_LEADER_FOR_PARTITION; asking the leader itself is the only test that holds."""
     deadline = time.monotonic() + timeout
     while True:
-        topics = admin.list_topics(timeout=timeout).topics
-        waiting = sorted(
-            name
-            for name in names
-            if name not in topics
-            or topics[name].error is not None
-            or not topics[name].partitions
-            or any(p.leader < 0 or p.error is not None for p in topics[name].partitions.values())
-        )
+        waiting = _partitions_not_serving(admin, names, timeout)
         if not waiting:
             return
         if time.monotonic() > deadline:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"no leader after {timeout}s for {waiting}"))
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"not served after {timeout}s: {waiting}"))
         time.sleep(0.05)
+
+
+def _partitions_not_serving(admin: AdminClient, names: set[str], timeout: float) -> list[str]:
+    topics = admin.list_topics(timeout=timeout).topics
+    waiting: list[str] = []
+    requests: dict[TopicPartition, OffsetSpec] = {}
+    for name in sorted(names):
+        meta = topics.get(name)
+        if meta is None or meta.error is not None or not meta.partitions:
+            waiting.append(name)
+            continue
+        for p, part in meta.partitions.items():
+            if part.leader < 0 or part.error is not None:
+                waiting.append(f"{name}[{p}]")
+            else:
+                requests[TopicPartition(name, p)] = OffsetSpec.latest()
+    if waiting or not requests:
+        return waiting
+    for tp, future in admin.list_offsets(requests, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException:
+            waiting.append(f"{tp.topic}[{tp.partition}]")
+    return waiting
 
 
 def wait_for_group(settings: Settings, group_id: str, timeout: float = 120.0) -> bool:
