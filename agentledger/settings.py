@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     late_grace_s: int = Field(default=3600, ge=0)
     reservation_timeout_s: int = Field(default=600, ge=1)
     """A call_started's reservation with no settling event is released after this (processing time)."""
+    commit_interval_s: float = Field(default=2.8, gt=0, le=60)
+    """How often the worker commits its transactions (faust's broker_commit_interval): priced
+    events, alerts and budget state become visible to read_committed readers at each commit.
+    Signals never wait for it (see processors.scope_preview)."""
 
     # warehouse
     clickhouse_url: str | None = Field(

@@ -1,12 +1,12 @@
 """Team-budget signal latency: from producing the event that crosses a team budget to its
-signal being consumed, through the scope repartition (cost-events -> worker -> scope-usage,
-visible once the source partition's transaction commits -> scope agent -> signals).
+signal being consumed, through the scope repartition (cost-events -> worker -> scope-usage ->
+the owner's scope preview, which reads it before the transaction commits -> signals).
 
-Session budgets signal within milliseconds (bench.signal_latency); a budget wider than a
-session waits for faust's commit of the scope-usage record (commit interval about 2.8 s).
-Each trial uses a fresh team: one event of 6,000 tokens from one session, a pause so it is
-committed and counted, then (timed) 6,000 tokens from another session of the team against a
-10,000-token team budget.
+Session budgets are decided where the event is priced (bench.signal_latency); a budget wider
+than a session needs one more hop through Kafka. Before processors.scope_preview this waited
+for faust's commit of the scope-usage record (p50 0.6 s). Each trial uses a fresh team: one
+event of 6,000 tokens from one session, a pause, then (timed) 6,000 tokens from another
+session of the team against a 10,000-token team budget.
 
     .venv/bin/python -m bench.scope_signal_latency [--trials 10]
 """

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from ingest import runtime as _rt
 from ingest.errors import BudgetExceeded, BudgetPaused, InvalidEvent
 from ingest.estimate import genai_prices_estimate
-from schemas.budgets import SessionState
+from schemas.budgets import Action, Scope, SessionState
 from schemas.events import EventKind, derive_event_id
 
 log = logging.getLogger("agentledger.ingest")
@@ -26,6 +26,7 @@ log = logging.getLogger("agentledger.ingest")
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOCAL_CAP_POLICY = "local:token_cap"
+_STOPPED = (SessionState.KILLED, SessionState.PAUSED)
 """`policy_id` of a `BudgetExceeded` raised by the session's own `token_cap`."""
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar("agentledger_session", default=None)
@@ -90,6 +91,13 @@ class Session:
             "project": project,
             "customer": customer,
             "tags": dict(tags) if tags else {},
+        }
+        self._attribution = {
+            Scope.SESSION: session_id,
+            Scope.AGENT_TYPE: agent_type,
+            Scope.TEAM: team,
+            Scope.PROJECT: project,
+            Scope.CUSTOMER: customer,
         }
         self._lock = threading.Lock()
         self._next_step = 0
@@ -167,6 +175,12 @@ class Session:
         if wait:
             runtime.wait_ready()
         standing = runtime.guards.get(self.session_id)
+        if standing is None or standing.state not in _STOPPED:
+            # not stopped itself (yet), but perhaps starting in a team (agent type, ...) that is
+            breach = runtime.guards.scope_breach(self._attribution, datetime.now(UTC))
+            if breach is not None:
+                error = BudgetPaused if breach.action is Action.PAUSE else BudgetExceeded
+                raise error.from_signal(breach.model_copy(update={"session_id": self.session_id}))
         if standing is None:
             return SessionState.ACTIVE
         while standing.warnings:

@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 from ingest.config import IngestConfig
 from ingest.kafka_log import kafka_logger
 from ingest.stats import Stats
-from schemas.budgets import Action, SessionState, SessionStatus, Signal
+from schemas.budgets import Action, Scope, SessionState, SessionStatus, Signal, scope_value_of
 from schemas.codec import decode
 from schemas.topics import SESSION_STATUS, SIGNALS, topic_name
 
@@ -59,9 +60,36 @@ class SessionGuards:
         self._lock = threading.Lock()
         self.ready = threading.Event()
         """Set once the session-status snapshot has been read."""
+        self._breached: dict[tuple[str, str], Signal] = {}
+        """(policy id, scope value) -> the kill or pause of a budget wider than a session."""
 
     def get(self, session_id: str) -> Standing | None:
         return self._standing.get(session_id)
+
+    def _note_scope(self, signal: Signal) -> None:
+        if Scope.SESSION in signal.scope or signal.action not in (Action.KILL, Action.PAUSE):
+            return
+        key = (signal.policy_id, signal.scope_value)
+        known = self._breached.get(key)
+        if known is None or (signal.window_end or signal.issued_at) >= (known.window_end or known.issued_at):
+            self._breached[key] = signal
+
+    def scope_breach(self, attribution: Mapping[Scope, str | None], now: datetime) -> Signal | None:
+        """The kill or pause of a team (agent type, ...) budget that covers a session with this
+        attribution, if one is in force: a session that starts in a breached scope is refused
+        at its first call, before it spends."""
+        if not self._breached:
+            return None
+        with self._lock:
+            for key, signal in list(self._breached.items()):
+                if signal.window_end is not None and now >= signal.window_end:
+                    del self._breached[key]  # the window moved on: the next event decides again
+                    continue
+                if any(attribution.get(dim) != value for dim, value in signal.match.items()):
+                    continue
+                if scope_value_of(signal.scope, attribution) == signal.scope_value:
+                    return signal
+        return None
 
     def apply_signal(self, signal: Signal) -> None:
         """Signals only raise a session's state; only a newer status can lower it."""
@@ -71,6 +99,7 @@ class SessionGuards:
             if len(self._seen) > 100_000:
                 self._seen.clear()
             self._seen.add(signal.signal_id)
+            self._note_scope(signal)
             new_state = _STATE_OF_ACTION[signal.action]
             current = self._standing.get(signal.session_id)
             if current is None:
@@ -87,6 +116,8 @@ class SessionGuards:
 
     def apply_status(self, status: SessionStatus) -> None:
         with self._lock:
+            if status.signal is not None:
+                self._note_scope(status.signal)
             current = self._standing.get(status.session_id)
             if current is not None and status.updated_at < current.as_of:
                 return  # older than a signal already applied

@@ -34,6 +34,8 @@ def run(settings: Settings, *, loglevel: str = "warning") -> None:
     ledger = LedgerApp(settings)
     eos.ensure_changelog_topics(ledger.app, settings)
     ledger.policies.start()
+    if ledger.preview is not None:
+        ledger.preview.start()
     _serve_metrics(settings.worker_web_port)
     worker = faust.Worker(ledger.app, loglevel=loglevel, quiet=True)
     # faust's terminal spinner sets the root logger to DEBUG so that every record turns it:
@@ -46,6 +48,8 @@ def run(settings: Settings, *, loglevel: str = "warning") -> None:
         if exc.code not in (0, None):
             raise
     finally:
+        if ledger.preview is not None:
+            ledger.preview.stop()
         ledger.signals.flush()
         ledger.policies.stop()
 

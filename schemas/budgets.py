@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
+from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from schemas.events import Money, Name, Strict, Tokens, UtcDatetime
 
@@ -26,6 +27,19 @@ class Scope(StrEnum):
     TEAM = "team"
     PROJECT = "project"
     CUSTOMER = "customer"
+
+
+def scope_value_of(scope: tuple[Scope, ...], attribution: Mapping[Scope, str | None]) -> str | None:
+    """The budget an event falls in for a policy's scope: `team=t1` or `team=t1|agent_type=x`;
+    None if the event lacks one of the dimensions. The worker keys budgets by it; the hook
+    compares it with a signal's `scope_value` to refuse new sessions of a breached scope."""
+    parts = []
+    for dim in scope:
+        value = attribution.get(dim)
+        if value is None:
+            return None
+        parts.append(f"{dim.value}={value}")
+    return "|".join(parts)
 
 
 class Window(StrEnum):
@@ -117,7 +131,14 @@ class SessionState(StrEnum):
     KILLED = "killed"
 
 
-class Signal(Strict):
+class Outbound(Strict):
+    """What workers send to agents: an agent's hook may be older than the worker, so fields it
+    does not know are ignored rather than making the whole message unreadable."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Signal(Outbound):
     """What a processor tells one session; idempotent by `signal_id` (policy, scope value, window)."""
 
     signal_id: Annotated[str, StringConstraints(max_length=256)]
@@ -135,9 +156,15 @@ class Signal(Strict):
     recommended_model: Name | None = None
     trigger_event_id: str | None = None
     issued_at: UtcDatetime
+    match: Annotated[dict[Scope, Name], Field(max_length=5)] = Field(default_factory=dict)
+    """The policy's match: with `scope` and `scope_value`, which sessions the breach covers."""
+    window_end: UtcDatetime | None = None
+    """When a breach of a budget wider than the session may lift: the end of the calendar
+    period, or when the oldest counted bucket of a rolling window slides out; None for a
+    lifetime budget. Until then the hook refuses new sessions of the scope at their first call."""
 
 
-class SessionStatus(Strict):
+class SessionStatus(Outbound):
     """The latest standing of one session, compacted by session id."""
 
     session_id: Name

@@ -19,7 +19,7 @@ from processors.budget.ledger import (
     usage_of,
     window_open,
 )
-from processors.budget.windows import calendar_start, event_time, window_start
+from processors.budget.windows import calendar_start, event_time, window_end, window_start
 
 __all__ = [
     "DEFAULT_SESSION_POLICY_ID",
@@ -40,6 +40,7 @@ __all__ = [
     "state_key",
     "unpriced_kill_signal",
     "usage_of",
+    "window_end",
     "window_open",
     "window_start",
 ]

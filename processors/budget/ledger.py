@@ -21,9 +21,10 @@ from processors.budget.windows import (
     bucket_start,
     first_live_bucket,
     is_rolling,
+    window_end,
     window_start,
 )
-from schemas.budgets import Action, Alert, BudgetPolicy, Scope, Signal, TopSession, Window
+from schemas.budgets import Action, Alert, BudgetPolicy, Scope, Signal, TopSession, Window, scope_value_of
 from schemas.events import CostEvent, EventKind, PricedEvent
 
 ZERO = Decimal(0)
@@ -49,13 +50,7 @@ def scope_value(policy: BudgetPolicy, attribution: Attribution) -> str | None:
     for dim, wanted in policy.match.items():
         if attribution.get(dim) != wanted:
             return None
-    parts = []
-    for dim in policy.scope:
-        value = attribution.get(dim)
-        if value is None:
-            return None
-        parts.append(f"{dim.value}={value}")
-    return "|".join(parts)
+    return scope_value_of(policy.scope, attribution)
 
 
 def _window_tag(start: datetime | None) -> str:
@@ -485,6 +480,8 @@ def make_signal(
         recommended_model=recommended,
         trigger_event_id=trigger_event_id,
         issued_at=now,
+        match=policy.match,
+        window_end=window_end(policy.window, crossing.window_start, policy.timezone),
     )
 
 

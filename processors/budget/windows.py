@@ -73,6 +73,26 @@ def window_start(window: Window, at: datetime, timezone: str = "UTC") -> datetim
     return bucket_start(window, first_live_bucket(window, at))
 
 
+def window_end(window: Window, start: datetime | None, timezone: str = "UTC") -> datetime | None:
+    """When spend counted in the window instance starting at `start` stops counting: the next
+    calendar period's start, or when a rolling window's oldest bucket slides out; None for a
+    lifetime window."""
+    if window is Window.LIFETIME or start is None:
+        return None
+    if window in CALENDAR:
+        local = start.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
+        if window is Window.CALENDAR_DAY:
+            later = local + timedelta(days=1)
+        elif window is Window.CALENDAR_WEEK:
+            later = local + timedelta(days=7)
+        else:
+            later = (local.replace(day=1) + timedelta(days=32)).replace(day=1)
+        # a wall-clock date in the zone, so a DST change inside the period is accounted for
+        return later.replace(tzinfo=ZoneInfo(timezone)).astimezone(UTC)
+    length, _ = ROLLING[window]
+    return start + length  # the oldest bucket is `start`; it counts until the window has moved a whole length
+
+
 def event_time(
     occurred_at: datetime, now: datetime, max_future_skew_s: float, late_grace_s: float
 ) -> tuple[datetime, bool, bool]:

@@ -21,7 +21,7 @@ import ingest
 from agentledger.settings import Settings
 from api.app import create_app
 from processors.policies import publish_policy
-from schemas.budgets import Action, BudgetPolicy, Scope
+from schemas.budgets import Action, BudgetPolicy, Scope, Window
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -157,6 +157,44 @@ def test_signal_for_the_killed_session_only(stack: Stack, settings: Settings) ->
         raise AssertionError("the doomed session was never stopped")
     bystander.record_llm_call("openai", "gpt-4o", 10_000, 1_000)
     bystander.check()
+
+
+def test_a_session_starting_in_a_killed_team_is_refused_at_its_first_call(stack: Stack, settings: Settings) -> None:
+    """A team budget's kill stops the team's running sessions, and a session of that team that
+    starts afterwards is refused before its first call (it records nothing); another team's new
+    session goes on."""
+    publish_policy(
+        settings,
+        BudgetPolicy(
+            policy_id="team-day",
+            scope=(Scope.TEAM,),
+            window=Window.CALENDAR_DAY,
+            limit_tokens=20_000,
+            action=Action.KILL,
+        ),
+    )
+    time.sleep(2.0)
+    runners = [ingest.session(session_id=f"red-{i}", agent_type="a", team="red") for i in range(2)]
+    stopped: ingest.BudgetExceeded | None = None
+    deadline = time.monotonic() + 30
+    while stopped is None and time.monotonic() < deadline:
+        for runner in runners:
+            try:
+                runner.record_llm_call("openai", "gpt-4o-mini", 2400, 600)  # 3,000 tokens
+            except ingest.BudgetExceeded as stop:
+                stopped = stop
+                break
+        time.sleep(0.05)
+    assert stopped is not None and stopped.policy_id == "team-day"
+
+    late = ingest.session(session_id="red-late", agent_type="b", team="red")
+    with pytest.raises(ingest.BudgetExceeded) as refused:
+        late.check()
+    assert (refused.value.policy_id, refused.value.session_id) == ("team-day", "red-late")
+    assert late.used_tokens == 0
+    other = ingest.session(session_id="blue-new", agent_type="a", team="blue")
+    other.check()
+    other.record_llm_call("openai", "gpt-4o-mini", 100, 100)
 
 
 @pytest.fixture

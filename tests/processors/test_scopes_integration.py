@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage, calc_price
 
+from agentledger.kafka_admin import wait_for_group
 from processors.budget import alert_id
 from processors.policies import publish_policy
 from schemas.budgets import BudgetPolicy, Scope
@@ -153,3 +154,32 @@ def test_future_events_are_clamped_and_old_ones_flagged_late(settings_factory, w
         old["occurred_at"]
     )  # a late event keeps its own time
     assert all(Decimal(r["cost"]) == _gpt4o(1000, 200) for r in got.values())  # all still charged
+
+
+def test_team_breach_is_signalled_before_the_usage_commits(settings_factory, worker_factory, reader_factory):
+    """With a 30 s commit interval, the team's kill reaches every session while nothing the
+    worker wrote is committed yet (read_committed readers see no priced event): the scope
+    preview reads scope-usage uncommitted. (That the committed path then sends no second signal
+    and the alerts come once each is the test above, with the default commit interval.)"""
+    settings = settings_factory(commit_interval_s=30.0)
+    unit = _gpt4o(1000, 200)
+    limit = 10 * unit
+    publish_policy(
+        settings,
+        BudgetPolicy(
+            policy_id="team-fast", scope=(Scope.TEAM,), limit_cost=limit, thresholds=(Decimal("0.5"), Decimal(1))
+        ),
+    )
+    worker = worker_factory(settings)
+    assert wait_for_group(settings, settings.worker_id, timeout=90), worker.log()[-3000:]
+    signals = reader_factory(settings, SIGNALS.suffix)
+    priced = reader_factory(settings, PRICED_EVENTS.suffix)
+    sessions = [f"fast-s{i}" for i in range(6)]
+    events = [make_event(session_id=s, workflow_id=f"wf-{s}", step=i, team="green") for i in range(2) for s in sessions]
+    produce(settings, COST_EVENTS.suffix, [(e["session_id"], e) for e in events])
+
+    got = signals.wait_for(len(sessions), timeout=15.0, settle=0.5)
+    assert priced.wait_for(1, timeout=0.5, settle=0.0) == [], "a commit came first: this test proves nothing"
+    assert sorted(s["session_id"] for s in got) == sorted(sessions), worker.log()[-3000:]
+    assert {(s["policy_id"], s["scope_value"], s["action"]) for s in got} == {("team-fast", "team=green", "kill")}
+    assert min(Decimal(s["spent_cost"]) for s in got) == limit

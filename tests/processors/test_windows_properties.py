@@ -22,6 +22,7 @@ from processors.budget.windows import (
     calendar_start,
     event_time,
     first_live_bucket,
+    window_end,
     window_start,
 )
 from schemas.budgets import Window
@@ -114,3 +115,25 @@ def test_event_time_is_clamped_or_late_never_both(at: datetime, offset_s: int, s
 
 def test_lifetime_windows_never_start() -> None:
     assert window_start(Window.LIFETIME, datetime(2026, 1, 1, tzinfo=UTC)) is None
+
+
+@given(calendar_windows, instants, zones)
+def test_a_calendar_period_ends_where_the_next_one_starts(window: Window, at: datetime, zone: str) -> None:
+    start = calendar_start(window, at, zone)
+    end = window_end(window, start, zone)
+    assert end is not None and end > at
+    assert calendar_start(window, end, zone) == end
+    assert calendar_start(window, end - timedelta(microseconds=1), zone) == start
+
+
+@given(rolling_windows, instants)
+def test_a_rolling_window_stops_counting_its_oldest_bucket_at_its_end(window: Window, at: datetime) -> None:
+    start = window_start(window, at)
+    end = window_end(window, start)
+    assert start is not None and end is not None and end > at
+    assert window_start(window, end - timedelta(microseconds=1)) == start
+    assert window_start(window, end) > start
+
+
+def test_a_lifetime_window_never_ends() -> None:
+    assert window_end(Window.LIFETIME, None) is None

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas.budgets import Action, BudgetPolicy, Scope, Window
+from schemas.budgets import Action, BudgetPolicy, Scope, SessionStatus, Signal, Window
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +66,26 @@ def test_policy_with_a_match_round_trips_through_the_wire_format() -> None:
 
     p = BudgetPolicy.model_validate(policy(scope=["team", "agent_type"], match={"team": "payments"}))
     assert decode(BudgetPolicy, encode(p)) == p
+
+
+def test_a_signal_from_a_newer_worker_is_read_by_an_older_hook() -> None:
+    """Fields a hook does not know (a worker upgraded first) are ignored, never a lost signal."""
+    raw = {
+        "signal_id": "s",
+        "session_id": "x",
+        "action": "kill",
+        "policy_id": "p",
+        "scope": ["team"],
+        "scope_value": "team=a",
+        "spent_tokens": 1,
+        "spent_cost": "0.1",
+        "reason": "r",
+        "issued_at": "2026-11-29T00:00:00Z",
+        "added_in_a_later_version": {"anything": 1},
+    }
+    signal = Signal.model_validate(raw)
+    assert signal.action is Action.KILL and signal.scope_value == "team=a"
+    status = SessionStatus.model_validate(
+        {"session_id": "x", "state": "killed", "signal": raw, "updated_at": raw["issued_at"], "later": True}
+    )
+    assert status.signal == signal
