@@ -15,6 +15,28 @@ from schemas.topics import ALL_TOPICS, TopicSpec, topic_name
 log = structlog.get_logger(__name__)
 
 
+def wait_for_broker(settings: Settings, give_up_after: float | None = None) -> None:
+    """Return once the brokers answer; until then retry with backoff (0.5 s doubling to 10 s),
+    logging each miss. A process started before Kafka (a reboot, a compose stack coming up)
+    waits instead of exiting. `give_up_after` seconds: raise KafkaException instead."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    started = time.monotonic()
+    pause = 0.5
+    while True:
+        try:
+            admin.list_topics(timeout=5.0)
+            return
+        except KafkaException as exc:
+            waited = time.monotonic() - started
+            if give_up_after is not None and waited + pause > give_up_after:
+                raise
+            log.warning(
+                "kafka.unreachable", bootstrap=settings.kafka_bootstrap, waited_s=round(waited, 1), error=str(exc)
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 10.0)
+
+
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 30.0) -> None:
     """Create any missing topic; existing topics are left as they are."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})

@@ -35,7 +35,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import ValidationError
 
-from agentledger.kafka_admin import ensure_topics
+from agentledger.kafka_admin import ensure_topics, wait_for_broker
 from agentledger.settings import Settings
 from api import metrics
 from api.migrations import migrate
@@ -354,6 +354,13 @@ class Sink:
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; on a clean stop the pending batch is flushed."""
         self._stop = stop
+        while True:  # Kafka may come up after the API: wait, and stay stoppable meanwhile
+            try:
+                wait_for_broker(self.settings, give_up_after=10.0)
+                break
+            except KafkaException:
+                if stop.is_set():
+                    return
         ensure_topics(self.settings, (PRICED_EVENTS, COST_EVENTS_DLQ))
         self._consumer = self._make_consumer()
         self._producer = Producer(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from agentledger.kafka_admin import ensure_topics
+from agentledger.kafka_admin import ensure_topics, wait_for_broker
 from agentledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,14 @@ def _serve_metrics(port: int) -> None:
 
 
 def run(settings: Settings, *, loglevel: str = "warning") -> None:
-    """Create the topics, load the budget policies and process events until SIGTERM/SIGINT."""
+    """Wait for Kafka, create the topics, load the budget policies and process events until
+    SIGTERM/SIGINT."""
     import faust
 
     from processors import eos
     from processors.app import LedgerApp
 
+    wait_for_broker(settings)
     ensure_topics(settings)
     ledger = LedgerApp(settings)
     eos.ensure_changelog_topics(ledger.app, settings)

@@ -1,6 +1,6 @@
 """Kafka goes away mid-run and comes back: nothing lost, nothing doubled.
 
-Runs against a private broker (port 19192) that the test stops and starts with the
+Runs against a private broker (free ports) that the tests stop and start with the
 project's script; the shared broker is never touched.
 """
 
@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 import ingest
+from agentledger.settings import Settings
 from tests.ingest.conftest import read_topic
+from tests.processors.conftest import WorkerProcess, make_event
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +65,32 @@ def test_broker_stopped_mid_run_then_restarted_delivers_every_event_exactly_once
     # at least the 4,000 recorded while the broker was down waited in the spool
     assert 4000 <= stats.spooled <= TOTAL - 2000
     assert stats.replayed == stats.spooled
+
+
+def test_a_worker_started_before_kafka_waits_for_it_then_prices(private_broker, tmp_path) -> None:
+    """Started while the broker is down (a reboot, a compose stack coming up), the worker waits
+    instead of exiting, and prices events once Kafka is there."""
+    settings = Settings(
+        kafka_bootstrap=private_broker.bootstrap, topic_prefix=f"w{uuid.uuid4().hex[:10]}.", partitions=3
+    )
+    private_broker.run("stop")
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        time.sleep(8.0)
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        assert "kafka.unreachable" in worker.log()
+        private_broker.run("start")
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random"})
+        deadline = time.monotonic() + 120
+        while settings.topic("cost-events") not in producer.list_topics(timeout=10).topics:
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.5)
+        producer.produce(settings.topic("cost-events"), orjson.dumps(make_event(session_id="early")), b"early")
+        assert producer.flush(30) == 0
+        priced: list[object] = []
+        while not priced and time.monotonic() < deadline:
+            priced = read_topic(settings.kafka_bootstrap, settings.topic("priced-events"), timeout=10)
+            time.sleep(0.5)
+        assert len(priced) == 1, worker.log()[-3000:]
+    finally:
+        worker.stop()
