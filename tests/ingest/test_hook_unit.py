@@ -242,35 +242,35 @@ def test_kill_signal_raises_after_recording_the_fact(hook) -> None:
     assert ingest.stats().recorded == 3  # the killed session's second call was still recorded
 
 
+def team_signal(team: str, action: Action, window_end: datetime | None, **kw: Any) -> Signal:
+    """A team budget's signal to one of the team's sessions."""
+    return make_signal(
+        f"{team}-1",
+        action,
+        policy_id=f"{team}-cap",
+        scope=(Scope.TEAM,),
+        scope_value=f"team={team}",
+        window_end=window_end,
+        **kw,
+    )
+
+
 def test_a_session_starting_in_a_breached_team_is_refused_before_its_first_call(hook) -> None:
     hook()
     rt = runtime.current()
     assert rt is not None
     later = datetime.now(UTC) + timedelta(hours=1)
-    team_kill = make_signal(
-        "red-1", Action.KILL, policy_id="team-cap", scope=(Scope.TEAM,), scope_value="team=red", window_end=later
-    )
-    rt.guards.apply_signal(team_kill)
+    rt.guards.apply_signal(team_signal("red", Action.KILL, later))
     with ingest.session(session_id="red-2", agent_type="a", team="red") as s:
         with pytest.raises(ingest.BudgetExceeded) as refused, s.llm_call("openai", "gpt-4o", 10):
             pytest.fail("a session of a killed team must not start a call")
-        assert (refused.value.session_id, refused.value.policy_id) == ("red-2", "team-cap")
+        assert (refused.value.session_id, refused.value.policy_id) == ("red-2", "red-cap")
         with pytest.raises(ingest.BudgetExceeded):
             s.check()
     with ingest.session(session_id="blue-1", agent_type="a", team="blue") as other:
         assert other.check() is SessionState.ACTIVE
     # a policy limited by `match` covers only the matching sessions of the team
-    rt.guards.apply_signal(
-        make_signal(
-            "green-1",
-            Action.PAUSE,
-            policy_id="green-bots",
-            scope=(Scope.TEAM,),
-            scope_value="team=green",
-            match={Scope.AGENT_TYPE: "bot"},
-            window_end=later,
-        )
-    )
+    rt.guards.apply_signal(team_signal("green", Action.PAUSE, later, match={Scope.AGENT_TYPE: "bot"}))
     with (
         ingest.session(session_id="green-2", agent_type="bot", team="green") as bot,
         pytest.raises(ingest.BudgetPaused),
@@ -279,19 +279,8 @@ def test_a_session_starting_in_a_breached_team_is_refused_before_its_first_call(
     with ingest.session(session_id="green-3", agent_type="human", team="green") as human:
         assert human.check() is SessionState.ACTIVE
     # a breach whose window has ended, or a warning, refuses nobody
-    rt.guards.apply_signal(
-        make_signal(
-            "gold-1",
-            Action.KILL,
-            policy_id="gold",
-            scope=(Scope.TEAM,),
-            scope_value="team=gold",
-            window_end=datetime.now(UTC) - timedelta(seconds=1),
-        )
-    )
-    rt.guards.apply_signal(
-        make_signal("pink-1", Action.WARN, policy_id="pink", scope=(Scope.TEAM,), scope_value="team=pink")
-    )
+    rt.guards.apply_signal(team_signal("gold", Action.KILL, datetime.now(UTC) - timedelta(seconds=1)))
+    rt.guards.apply_signal(team_signal("pink", Action.WARN, None))
     for team in ("gold", "pink"):
         with ingest.session(session_id=f"{team}-2", agent_type="a", team=team) as fine:
             assert fine.check() is SessionState.ACTIVE
