@@ -70,7 +70,7 @@ def adjustment_event_id(event_id: str, rate_card_hash: str) -> str:
 
 
 def source_events_query(database: str, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
-    columns = ("event_id", *EVENT_COLUMNS, "cost")
+    columns = ("event_id", *EVENT_COLUMNS, "cost", "list_cost")
     where = (
         " WHERE occurred_at >= {start:DateTime64(6, 'UTC')} AND occurred_at < {end:DateTime64(6, 'UTC')}"
         " AND kind IN {kinds:Array(String)}"
@@ -84,14 +84,15 @@ def source_events_query(database: str, start: datetime, end: datetime) -> tuple[
 
 
 def adjustments_query(database: str, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
-    """Re-pricing adjustments stored for events of the range: per original event, their sum and ids."""
+    """Re-pricing adjustments stored for events of the range: per original event, their sums
+    (paid and list) and ids."""
     where = (
         " WHERE occurred_at >= {start:DateTime64(6, 'UTC')} AND occurred_at < {end:DateTime64(6, 'UTC')}"
         " AND kind = 'adjustment' AND mapContains(tags, 'adjusts')"
     )
-    inner = deduplicated("database", ("event_id", "tags", "adjustment_amount"), where)
+    inner = deduplicated("database", ("event_id", "tags", "adjustment_amount", "list_cost"), where)
     sql = (
-        "SELECT tags['adjusts'] AS adjusts, sum(adjustment_amount) AS adjusted, "
+        "SELECT tags['adjusts'] AS adjusts, sum(adjustment_amount) AS adjusted, sum(list_cost) AS adjusted_list, "
         f"groupArray(toString(event_id)) AS ids FROM ({inner}) GROUP BY adjusts"
     )
     return sql, {"database": database, "start": start, "end": end}
@@ -150,30 +151,33 @@ def plan(
     rows = warehouse.query(*source_events_query(settings.database, start, end))
     if len(rows) > MAX_EVENTS:
         raise TooManyEvents(f"more than {MAX_EVENTS} events in the range; re-price it in smaller ranges")
-    adjusted: dict[str, tuple[Decimal, set[str]]] = {
-        r["adjusts"]: (Decimal(r["adjusted"]), set(r["ids"]))
+    adjusted: dict[str, tuple[Decimal, Decimal, set[str]]] = {
+        r["adjusts"]: (Decimal(r["adjusted"]), Decimal(r["adjusted_list"]), set(r["ids"]))
         for r in warehouse.query(*adjustments_query(settings.database, start, end))
     }
     result.events_examined = len(rows)
     for row in rows:
         event = _event(row)
         adj_id = adjustment_event_id(event.event_id, digest)
-        already, ids = adjusted.get(event.event_id, (Decimal(0), set()))
+        already, already_list, ids = adjusted.get(event.event_id, (Decimal(0), Decimal(0), set()))
         if adj_id in ids:
             result.already_applied += 1
             continue
         stored = Decimal(row["cost"])
         current = stored + already
-        new = price_event(
+        repriced = price_event(
             event,
             rate_card=card,
             unpriced_policy=settings.unpriced_policy,
             fallback_input_per_mtok=settings.fallback_price_per_mtok_input,
             fallback_output_per_mtok=settings.fallback_price_per_mtok_output,
             now=now,
-        ).cost
+        )
+        new = repriced.cost
         diff = new - current
-        if diff == 0:
+        # list prices move only with genai-prices' data, not with the rate card: usually 0
+        list_diff = repriced.list_cost - (Decimal(row["list_cost"]) + already_list)
+        if diff == 0 and list_diff == 0:
             result.unchanged += 1
             continue
         adjustment = CostEvent(
@@ -194,6 +198,7 @@ def plan(
             model=event.model,
             tool_name=event.tool_name,
             adjustment_amount=diff,
+            adjustment_list_amount=list_diff,
             reason=f"re-priced under rate card {card.version or digest}: {current} -> {new}"[:256],
         )
         result.differences.append(

@@ -175,7 +175,8 @@ def price_event(
     if kind is EventKind.ADJUSTMENT:
         assert event.adjustment_amount is not None
         amount = event.adjustment_amount
-        return priced(amount, amount, SOURCE_ADJUSTMENT, SOURCE_ADJUSTMENT)
+        listed_amount = amount if event.adjustment_list_amount is None else event.adjustment_list_amount
+        return priced(amount, listed_amount, SOURCE_ADJUSTMENT, SOURCE_ADJUSTMENT)
 
     if kind is EventKind.TOOL_CALL:
         assert event.tool_name is not None

@@ -123,6 +123,9 @@ class CostEvent(Strict):
     reported_cost: Money | None = None
     # adjustments only: the signed correction, and why
     adjustment_amount: SignedMoney | None = None
+    adjustment_list_amount: SignedMoney | None = None
+    """The correction to list cost; absent, the same as `adjustment_amount`. A re-pricing under
+    a new rate card changes what is paid, not list prices: its adjustments carry 0 here."""
     reason: Annotated[str, StringConstraints(max_length=256)] | None = None
 
     @model_validator(mode="after")
@@ -136,8 +139,10 @@ class CostEvent(Strict):
             raise ValueError("settles (the call_started event_id) is required for kind=call_aborted")
         if kind is EventKind.ADJUSTMENT and (self.adjustment_amount is None or not self.reason):
             raise ValueError("adjustment_amount and reason are required for kind=adjustment")
-        if kind is not EventKind.ADJUSTMENT and self.adjustment_amount is not None:
-            raise ValueError("adjustment_amount is only allowed for kind=adjustment")
+        if kind is not EventKind.ADJUSTMENT and (
+            self.adjustment_amount is not None or self.adjustment_list_amount is not None
+        ):
+            raise ValueError("adjustment_amount and adjustment_list_amount are only allowed for kind=adjustment")
         return self
 
     @property

@@ -188,7 +188,7 @@ def test_reprice_dry_run_emit_and_idempotent_rerun(env, priced_event_factory, pr
     settings, wh, keys = env
     admin = _h(keys["admin"])
     # gpt-4o at genai-prices: $2.5 in, $10 out per MTok -> 1000 in + 200 out = 0.0045 list
-    originals = [priced_event_factory(cost="0.001", step=i, team="payments") for i in range(2)]
+    originals = [priced_event_factory(cost="0.001", list_cost="0.0045", step=i, team="payments") for i in range(2)]
     llm = priced_event_factory(cost="7", step=5)
     reservation = llm.model_copy(update={"event": llm.event.model_copy(update={"kind": EventKind.CALL_STARTED})})
     outside = priced_event_factory(cost="0.001", step=6, occurred_at=BASE_TIME + timedelta(days=40))
@@ -214,6 +214,9 @@ def test_reprice_dry_run_emit_and_idempotent_rerun(env, priced_event_factory, pr
         want_ids = sorted(adjustment_event_id(o.event.event_id, digest) for o in originals)
         assert [e.event_id for e in sent] == want_ids
         assert all(e.kind is EventKind.ADJUSTMENT and e.adjustment_amount == Decimal("0.00125") for e in sent)
+        # a rate card changes what is paid, not the list price: list cost stays where it was
+        assert all(e.adjustment_list_amount == 0 for e in sent)
+        assert {price_event(e, now=BASE_TIME).list_cost for e in sent} == {Decimal(0)}
         assert {e.tags["adjusts"] for e in sent} == {o.event.event_id for o in originals}
         assert all(e.team == "payments" and e.input_tokens == 0 for e in sent)
 

@@ -198,6 +198,17 @@ def test_abort_and_adjustment():
         event(kind="adjustment", model=None, adjustment_amount=Decimal("-1.25"), reason="refund"), now=NOW
     )
     assert (adj.cost, adj.list_cost, adj.price_source) == (Decimal("-1.25"), Decimal("-1.25"), "adjustment")
+    discount = price_event(
+        event(
+            kind="adjustment",
+            model=None,
+            adjustment_amount=Decimal("-0.5"),
+            adjustment_list_amount=Decimal(0),
+            reason="negotiated discount applied later",
+        ),
+        now=NOW,
+    )
+    assert (discount.cost, discount.list_cost) == (Decimal("-0.5"), Decimal(0))
 
 
 def test_invalid_rate_card():

@@ -100,6 +100,7 @@ def test_limits_refuse_bad_values(field: str, value: object) -> None:
         ({"kind": "call_aborted"}, "settles"),
         ({"kind": "adjustment"}, "adjustment_amount and reason"),
         ({"adjustment_amount": "1.5"}, "only allowed for kind=adjustment"),
+        ({"adjustment_list_amount": "0"}, "only allowed for kind=adjustment"),
     ],
 )
 def test_kind_specific_rules(overrides: dict[str, Any], message: str) -> None:
