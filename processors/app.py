@@ -302,7 +302,7 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
             ready.set()
             room.clear()
             await stream.wait(room)  # never more than max_events in a batch
-        elif n >= BUSY_BATCH if busy else queue.empty():
+        elif (n >= BUSY_BATCH) if busy else queue.empty():
             ready.set()
         return value
 
