@@ -11,6 +11,12 @@ The baseline produces one message with the hook's producer settings (idempotent,
 linger.ms=2, lz4) and reads it with the hook's signal-listener settings (assigned partition,
 fetch.wait.max.ms=10, read_uncommitted): the least any signal can take on this broker.
 
+Each sample is also split into stages, from the records' own timestamps (wall clock; the Kafka
+ones in ms): the hook handing the event to Kafka (its CreateTime), the worker's batch picking it
+up (the signal's `issued_at`), the signal produced (its CreateTime), the hook's listener
+applying it, and `check()` raising. The slowest samples are printed with their stages: that is
+how the 50-100 ms pair about 4 s into every run was found (processors/fetching.py).
+
 With `--transport http` the agent reaches only the API (served by uvicorn in this process,
 chDB in a temporary folder): events go through POST /v1/events and the signal comes back
 over GET /v1/signals/stream, the path of agents that cannot reach Kafka.
@@ -22,15 +28,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -39,9 +49,79 @@ from agentledger.kafka_admin import wait_for_group
 from agentledger.settings import Settings
 from bench.common import StageError, bench_settings, dist, ensure_broker, free_port, loadavg, start_worker
 from ingest.delivery import producer_config
+from ingest.signals import SessionGuards
+from schemas.topics import COST_EVENTS, SIGNALS
 
 TOKEN_CAP = 10_000
 WARMUP = 5
+STAGES = ("hook_to_kafka", "kafka_to_worker", "worker_to_signal", "signal_to_listener", "listener_to_check")
+SLOWEST = 5
+
+
+@dataclass(slots=True)
+class Sample:
+    session_id: str
+    at: float  # seconds since the first session
+    recorded: float  # wall clock when the crossing call was recorded
+    raised: float  # wall clock when check() raised
+    ms: float
+
+
+def read_topic(settings: Settings, topic: str) -> list[tuple[bytes, int]]:
+    """(value, CreateTime ms) of every record in `topic`, read to its end."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        out: list[tuple[bytes, int]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            positions = consumer.position([TopicPartition(topic, p) for p in ends])
+            if all(tp.offset >= ends[tp.partition] for tp in positions):
+                break
+            for msg in consumer.consume(1000, timeout=0.2):
+                if not msg.error():
+                    out.append((msg.value() or b"", msg.timestamp()[1]))
+        return out
+    finally:
+        consumer.close()
+
+
+def stages(settings: Settings, samples: list[Sample], received: dict[str, float]) -> dict[str, Any]:
+    """Each sample's stages in ms (see the module's docstring): their distributions, and the slowest
+    samples with theirs."""
+    produced: dict[str, float] = {}  # session -> CreateTime of its last cost event (the crossing one)
+    for value, ts in read_topic(settings, settings.topic(COST_EVENTS.suffix)):
+        produced[orjson.loads(value)["session_id"]] = ts / 1000
+    signalled: dict[str, tuple[float, float]] = {}  # session -> (issued_at, CreateTime) of its first signal
+    for value, ts in read_topic(settings, settings.topic(SIGNALS.suffix)):
+        signal = orjson.loads(value)
+        issued = datetime.fromisoformat(signal["issued_at"]).timestamp()
+        signalled.setdefault(signal["session_id"], (issued, ts / 1000))
+    rows = []
+    for s in samples:
+        if s.session_id not in produced or s.session_id not in signalled or s.session_id not in received:
+            continue
+        issued, sent = signalled[s.session_id]
+        marks = (s.recorded, produced[s.session_id], issued, sent, received[s.session_id], s.raised)
+        rows.append((s, [round((b - a) * 1000, 1) for a, b in itertools.pairwise(marks)]))
+    if not rows:
+        return {}
+    by_stage = {name: dist([r[1][i] for r in rows], digits=1) for i, name in enumerate(STAGES)}
+    slowest = sorted(rows, key=lambda r: -r[0].ms)[:SLOWEST]
+    return {
+        "stages_ms": by_stage,
+        "slowest": [
+            {"at_s": round(s.at, 2), "ms": round(s.ms, 1), **dict(zip(STAGES, v, strict=True))} for s, v in slowest
+        ],
+    }
 
 
 def raw_round_trip(settings: Settings, n: int) -> dict[str, float]:
@@ -92,8 +172,17 @@ def raw_round_trip(settings: Settings, n: int) -> dict[str, float]:
 def hook_to_exception(settings: Settings, sessions: int, **hook_config: Any) -> dict[str, Any]:
     samples: list[float] = []
     slow: list[tuple[float, float]] = []
+    timed: list[Sample] = []
     missed = 0
     t_start = time.perf_counter()
+    received: dict[str, float] = {}  # session -> wall clock when the listener applied its first signal
+    apply_signal = SessionGuards.apply_signal
+
+    def noting_apply_signal(guards: SessionGuards, signal: Any) -> None:
+        received.setdefault(signal.session_id, time.time())
+        apply_signal(guards, signal)
+
+    SessionGuards.apply_signal = noting_apply_signal  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as spool:
         ingest.configure(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -112,6 +201,7 @@ def hook_to_exception(settings: Settings, sessions: int, **hook_config: Any) -> 
                 s.record_llm_call("openai", "gpt-4o", input_tokens=half, output_tokens=100)
                 time.sleep(0.03)  # the first call is through the worker: its state exists
                 s.check()
+                recorded = time.time()
                 t0 = time.perf_counter()
                 s.record_llm_call("openai", "gpt-4o", input_tokens=half, output_tokens=100)  # crosses the cap
                 deadline = t0 + 5.0
@@ -120,6 +210,7 @@ def hook_to_exception(settings: Settings, sessions: int, **hook_config: Any) -> 
                         s.check()
                     except ingest.BudgetExceeded:
                         elapsed = (time.perf_counter() - t0) * 1000
+                        raised = time.time()
                         break
                     if time.perf_counter() > deadline:
                         elapsed = None
@@ -131,14 +222,23 @@ def hook_to_exception(settings: Settings, sessions: int, **hook_config: Any) -> 
                     missed += 1
                 else:
                     samples.append(elapsed)
+                    timed.append(Sample(s.session_id, t0 - t_start, recorded, raised, elapsed))
                     if elapsed > 40:
                         slow.append((round(t0 - t_start, 2), round(elapsed, 1)))
                 time.sleep(0.02)
         finally:
             ingest.close(timeout=2.0)
+            SessionGuards.apply_signal = apply_signal  # type: ignore[method-assign]
     if not samples:
         raise StageError(f"no session of {sessions} got BudgetExceeded within 5 s")
-    return {**dist(samples), "missed": missed, "samples": [round(x, 2) for x in samples], "slow_over_40ms": slow}
+    traced = stages(settings, timed, received) if hook_config.get("transport", "kafka") == "kafka" else {}
+    return {
+        **dist(samples),
+        "missed": missed,
+        "samples": [round(x, 2) for x in samples],
+        "slow_over_40ms": slow,
+        **traced,
+    }
 
 
 @contextlib.contextmanager

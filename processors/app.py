@@ -49,7 +49,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from pydantic import ValidationError
 
 from agentledger.settings import Settings
-from processors import eos, metrics
+from processors import eos, fetching, metrics
 from processors.budget import (
     BudgetBook,
     Crossing,
@@ -84,14 +84,15 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.01
-# after a batch of at least BUSY_FROM_EVENTS the stream is busy: the next batch may fill for
-# BUSY_LINGER_S more (bigger batches, fewer delivery round trips: 141-146 -> 121-123 us of CPU per
-# event in bench.pipeline); a quiet stream's lone event never waits
-BUSY_FROM_EVENTS = 10
-BUSY_LINGER_S = 0.002
 # A batch's records to one partition leave in one produce request, not one per 16 KiB (aiokafka's
 # default, about 27 priced events); under faust's 1 MB request limit and the broker's message.max.bytes.
 PRODUCER_BATCH_BYTES = 512 * 1024
+# Once a batch held BUSY_FROM_EVENTS or more, the stream is busy: the next batch fills up to
+# BUSY_BATCH events or for BUSY_LINGER_S (faust feeds the stream while the previous batch's records
+# are on their way); a quiet stream's lone event never waits.
+BUSY_FROM_EVENTS = 10
+BUSY_BATCH = 500
+BUSY_LINGER_S = 0.01
 DEDUPE_CLEANUP_INTERVAL_S = 300.0
 # a scope-usage record carries up to this many events' usage (about 300 bytes each): well under
 # the broker's 1 MB message limit
@@ -301,35 +302,35 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
     queue is empty (or it holds `max_events`, or `within` seconds passed), and acked once processed.
 
     faust's `take_events` waits `within` seconds for a batch to fill whenever fewer than `max_events`
-    are queued: on a quiet stream that delay (10 ms here) was most of a signal's latency, and on a
-    busy one its batches held only what the drainer moved in that window (about 200 events). Here
-    a lone event goes at once, and under load a batch takes what queued up while the previous
-    one was processed (plus what arrives within BUSY_LINGER_S after a big batch). Acking after processing, as `take_events` does, is what keeps a batch's
-    offsets out of a commit until its outputs are sent.
+    are queued: on a quiet stream that delay (10 ms here) was most of a signal's latency. Here a lone
+    event goes at once. The stream goes on filling the next batch while the caller processes one
+    (mostly while its records are on their way to the broker), so under load a batch is what
+    arrived during the previous one: it was what arrived in a 2 ms wait after it, about 50 events
+    at 50,000 queued (bench.pipeline), and per-batch costs (sends, delivery round trips, one
+    changelog record per key) were paid for each of those. Acking after processing, as
+    `take_events` does, is what keeps a batch's offsets out of a commit until its outputs are sent;
+    events of the next batch are not acked, and come after the acked ones in their partitions.
     """
     events: list[faust.EventT] = []
-    ready = asyncio.Event()
-    taken = asyncio.Event()  # the caller has finished the batch that was full
-    in_use: asyncio.Future[None] | None = None  # set while the caller holds a batch
+    ready = asyncio.Event()  # the batch may go: see `add`
+    room = asyncio.Event()  # `events` was full and has been taken
     queue = stream.channel.queue
+    busy = False  # the previous batch was big: the next one fills up to BUSY_BATCH, for BUSY_LINGER_S
 
     async def add(value: Any) -> Any:
-        nonlocal in_use
-        if in_use is not None:
-            await in_use  # the drainer waits while a batch is processed: nothing is added to it
         event = stream.current_event
         if event is None:
             raise RuntimeError("drain_batches: the stream has no current event")
         events.append(event)
-        if len(events) >= max_events:
+        n = len(events)
+        if n >= max_events:
             ready.set()
-            taken.clear()
-            await stream.wait(taken)  # never more than max_events in a batch
-        elif queue.empty():
+            room.clear()
+            await stream.wait(room)  # never more than max_events in a batch
+        elif (n >= BUSY_BATCH) if busy else queue.empty():
             ready.set()
         return value
 
-    busy = False  # the previous batch was big: let this one fill a little
     acks = stream.enable_acks
     stream.enable_acks = False  # acked below, after the caller processed them
     stream.add_processor(add)
@@ -339,24 +340,21 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
             if not ready.is_set():
                 # plain asyncio: mode's wait_for_stopped creates two tasks per call, once per batch
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), within)
+                    await asyncio.wait_for(ready.wait(), BUSY_LINGER_S if busy else within)
             if not events:
+                busy = False
+                ready.clear()
                 continue
-            if busy and len(events) < max_events:
-                await asyncio.sleep(BUSY_LINGER_S)
-            busy = len(events) >= BUSY_FROM_EVENTS
-            in_use = asyncio.get_running_loop().create_future()
+            batch = events[:]
+            events.clear()
+            busy = len(batch) >= BUSY_FROM_EVENTS
+            ready.clear()
+            room.set()
             try:
-                yield list(events)
+                yield batch
             finally:
-                batch = list(events)
-                events.clear()
                 for event in batch:
                     await stream.ack(event)
-                in_use.set_result(None)
-                in_use = None
-                ready.clear()
-                taken.set()
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add)
@@ -504,6 +502,7 @@ class LedgerApp:
             app_signals = cast(Any, self.app)  # faust's signal types do not admit bound methods
             app_signals.on_partitions_revoked.connect(self._preview_revoked)
             app_signals.on_partitions_assigned.connect(self._preview_assigned)
+        fetching.install(self.app)
         self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
 
     # -- state through faust's memory store: our objects in, raw bytes from a restore
