@@ -122,12 +122,15 @@ def opening_window(policy: BudgetPolicy, now: datetime) -> tuple[datetime | None
     """[start, end) of event time that the budgets of `policy` count at `now`.
 
     Calendar windows end where the next one starts (an event dated in it within the clock skew
-    belongs to the next state); rolling windows start at their oldest live bucket and have no
-    end (a newer bucket slides the window, as in the worker); lifetime has neither."""
+    belongs to the next state); rolling windows start at their oldest live bucket and end a
+    window length after `now` (a newer bucket slides the window, as in the worker; the worker
+    clamps dates beyond its few minutes of skew, so none is later, and the bound keeps the
+    buckets read few); lifetime has neither."""
     if policy.window is Window.LIFETIME:
         return None, None
     if is_rolling(policy.window):
-        return bucket_start(policy.window, first_live_bucket(policy.window, now)), None
+        length, _ = ROLLING[policy.window]
+        return bucket_start(policy.window, first_live_bucket(policy.window, now)), now + length
     start = calendar_start(policy.window, now, policy.timezone)
     return start, calendar_start(policy.window, start + CALENDAR_STEP[policy.window], policy.timezone)
 
@@ -202,3 +205,13 @@ def opening_sessions_query(
         f"GROUP BY {columns}, session_id ORDER BY cost DESC, session_id LIMIT {{per_scope:UInt32}} BY {columns}"
     )
     return sql, params
+
+
+def opening_scope_count_query(database: str, policy: BudgetPolicy, now: datetime) -> tuple[str, dict[str, Any]]:
+    """How many scope values have spend in the window (asked when the totals query hit its limit)."""
+    start, end = opening_window(policy, now)
+    group_by = tuple(SCOPE_COLUMN[dim] for dim in policy.scope)
+    filters = policy_filters(policy, {}) or {}
+    sql, params, _ = report_query(database, group_by, start, end, filters)
+    not_null = " AND ".join(f"{c} IS NOT NULL" for c in group_by)
+    return f"SELECT count() AS scopes FROM ({sql}) WHERE {not_null}", params

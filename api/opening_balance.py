@@ -6,10 +6,13 @@ CLI, through the same function) reads the settled spend per scope value from the
 stamps it with `as_of`, and publishes it with the policy; workers seed a budget state from it
 only where none exists yet (processors.budget.seed_states).
 
-What it can miss, never count twice: the warehouse holds what the sink had written by `as_of`,
-and a worker applies the policy to the events it processes after it loaded it. Events
-processed between (about the worker's commit interval plus the sink's flush before `as_of`,
-plus the policy's trip to the workers after it) are in neither.
+What it can miss, never count twice: the warehouse holds what the sink had written by `as_of`
+(stamped after the reads), and a worker applies the policy to the events it processes after it
+loaded it; a state seeded from the balance ignores any event processed before `as_of`. Events
+processed in between are in neither: those of the worker's last commit interval (faust's, about
+2.8 s) and the sink's last flush before the read, and those of the policy's trip to the workers
+after it. bench.opening_balance_gap measured 2.4-5.6 s of a steady stream's spend (never a
+negative figure, which would be spend counted twice).
 
 The record must fit in one Kafka message (1 MB): it keeps the biggest spenders, up to
 MAX_BALANCE_BYTES; the rest start at zero and are counted in `omitted_scopes` /
@@ -29,6 +32,7 @@ from pydantic import BaseModel
 from api.budget_status import (
     SCOPE_COLUMN,
     opening_buckets_query,
+    opening_scope_count_query,
     opening_sessions_query,
     opening_totals_query,
     opening_window,
@@ -45,7 +49,8 @@ MAX_BALANCE_BYTES = 800_000
 """Under the broker's 1 MB message limit, with room for the policy itself."""
 DETAILED_SCOPES = 2000
 """Scope values whose buckets (rolling windows) or sessions (wider scopes) are read; a rolling
-budget beyond them is left out (it would need its buckets), a wider one keeps its total only."""
+budget beyond them is left out (it would need its buckets), a wider one keeps its total only
+(`omitted_sessions` counts the sessions of these 2,000 only)."""
 SESSIONS_PER_SCOPE = 100
 """Sessions kept per scope value: the biggest, for alerts' top sessions and the breach signal.
 Any other session of a breached scope is refused at its next event (the worker signals a
@@ -64,12 +69,14 @@ def build_opening_balance(
     buckets: Sequence[Mapping[str, Any]] = (),
     sessions: Sequence[Mapping[str, Any]] = (),
     *,
+    scope_count: int | None = None,
     max_bytes: int = MAX_BALANCE_BYTES,
 ) -> OpeningBalance:
     """The balance of the window containing `now`, read by `as_of`, from the warehouse rows: `totals` per scope value, biggest first; `buckets`
     (rolling) per scope value and bucket start; `sessions` (wider scopes) per scope value and
     session, with `scope_sessions`. Scope values are kept in the order of `totals` while the
-    record stays under `max_bytes`."""
+    record stays under `max_bytes`. `scope_count`: how many scope values there are in all, when
+    `totals` holds only the first ones."""
     rolling = is_rolling(policy.window)
     wide = Scope.SESSION not in policy.scope
     by_scope_buckets: dict[str, list[tuple[int, int, Decimal]]] = {}
@@ -117,6 +124,8 @@ def build_opening_balance(
         kept.append(entry)
         if wide:
             omitted_sessions += max(session_counts.get(sval, 0) - len(entry.sessions), 0)
+    if scope_count is not None:
+        omitted_scopes = max(scope_count - len(kept), omitted_scopes)
     return OpeningBalance(
         as_of=as_of,
         window_start=None if rolling else start,
@@ -140,7 +149,10 @@ def compute_opening_balance(warehouse: Warehouse, database: str, policy: BudgetP
     # stamped after the reads: an event a worker processes from then on cannot be in them (the
     # sink writes an event after its worker processed it)
     as_of = datetime.now(UTC)
-    return build_opening_balance(policy, now, as_of, totals, buckets, sessions)
+    scope_count = None
+    if len(totals) > MAX_OPENING_SCOPES:
+        scope_count = int(warehouse.query(*opening_scope_count_query(database, policy, now))[0]["scopes"])
+    return build_opening_balance(policy, now, as_of, totals, buckets, sessions, scope_count=scope_count)
 
 
 class OpeningStatus(StrEnum):

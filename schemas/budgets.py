@@ -111,7 +111,8 @@ class BudgetPolicy(Strict):
 
 MAX_OPENING_SCOPES = 10_000
 MAX_OPENING_BUCKETS = 720
-"""rolling_30d holds 120 buckets of 6 h, rolling_1h 60 of 1 min: room to spare."""
+"""A rolling window has at most 168 buckets (rolling_7d, of 1 h), and the balance reads at most
+twice that (api.budget_status.opening_window): room to spare."""
 MAX_OPENING_SESSIONS = 1000
 """Per scope value, as a worker's budget state keeps at most 1000 sessions."""
 

@@ -11,6 +11,7 @@ import pytest
 
 from api.budget_status import (
     opening_buckets_query,
+    opening_scope_count_query,
     opening_sessions_query,
     opening_totals_query,
     opening_window,
@@ -51,9 +52,9 @@ def row(team: str | None, cost: str, tokens: int = 10, **extra: Any) -> dict[str
         ("calendar_day", "Europe/Paris", datetime(2026, 3, 28, 23, tzinfo=UTC), datetime(2026, 3, 29, 22, tzinfo=UTC)),
         ("calendar_week", "UTC", datetime(2026, 3, 23, tzinfo=UTC), datetime(2026, 3, 30, tzinfo=UTC)),
         ("calendar_month", "UTC", datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)),
-        ("rolling_1h", "UTC", datetime(2026, 3, 29, 14, 8, tzinfo=UTC), None),
-        ("rolling_24h", "UTC", datetime(2026, 3, 28, 15, 15, tzinfo=UTC), None),
-        ("rolling_30d", "UTC", datetime(2026, 2, 27, 18, tzinfo=UTC), None),
+        ("rolling_1h", "UTC", datetime(2026, 3, 29, 14, 8, tzinfo=UTC), NOW + timedelta(hours=1)),
+        ("rolling_24h", "UTC", datetime(2026, 3, 28, 15, 15, tzinfo=UTC), NOW + timedelta(hours=24)),
+        ("rolling_30d", "UTC", datetime(2026, 2, 27, 18, tzinfo=UTC), NOW + timedelta(days=30)),
     ],
 )
 def test_the_window_read_is_the_workers(window, zone, start, end):
@@ -132,3 +133,11 @@ def test_a_rolling_scope_without_its_buckets_is_left_out():
     buckets = [row("ml", "2", bucket=bucket_of(Window.ROLLING_1H, NOW))]
     balance = build_opening_balance(p, NOW, NOW, totals, buckets=buckets)
     assert [s.scope_value for s in balance.scopes] == ["team=ml"] and balance.omitted_scopes == 1
+
+
+def test_scope_values_beyond_the_totals_read_are_counted_as_omitted():
+    totals = [row(f"t{i}", "1") for i in range(3)]
+    balance = build_opening_balance(policy(), NOW, NOW, totals, scope_count=250_000)
+    assert (len(balance.scopes), balance.omitted_scopes) == (3, 249_997)
+    sql, _ = opening_scope_count_query("db", policy(window="calendar_month"), NOW)
+    assert sql.startswith("SELECT count() AS scopes FROM (SELECT team AS team") and "team IS NOT NULL" in sql
