@@ -4,11 +4,15 @@ reading them back, scopes and team restriction, bad input."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from agentledger import cli
 from api.app import create_app
 from api.keys import KeyStore
 from api.migrations import migrate
@@ -174,3 +178,21 @@ def test_a_write_goes_out_without_an_opening_balance_when_the_warehouse_cannot_a
         assert client.get("/v1/budgets/broken", headers=admin).status_code == 200
     expected = BudgetPolicy.model_validate(_policy("broken", window="calendar_day"))
     assert (b"broken", encode(expected)) in _topic_records(settings)  # the policy, without a balance
+
+
+def test_cli_budgets_set_goes_through_the_api(env, monkeypatch):
+    """With --api the CLI's write is the API's: the same balance step, the same answer."""
+    settings, wh, keys = env
+    with TestClient(create_app(settings, wh, with_sink=False)) as client:
+        client.headers["Authorization"] = f"Bearer {keys['admin']}"
+        monkeypatch.setattr(cli, "_api_client", lambda url, key: nullcontext(client))  # the CLI closes it
+        args = ["budgets", "set", "via-api", "--scope", "team", "--limit-cost", "5", "--window", "calendar_week",
+                "--api", "http://testserver", "--admin-key", keys["admin"]]  # fmt: skip
+        result = CliRunner().invoke(cli.app, args)
+        assert result.exit_code == 0, result.output
+        # the last line: the in-process API's own log lines land in the captured stdout too
+        assert orjson.loads(result.stdout.splitlines()[-1])["opening_balance"]["status"] == "none"
+        result = CliRunner().invoke(cli.app, [*args, "--no-opening-balance"])
+        assert result.exit_code == 0, result.output
+        assert orjson.loads(result.stdout.splitlines()[-1])["opening_balance"]["status"] == "skipped"
+        assert client.get("/v1/budgets/via-api").json()["window"] == "calendar_week"
