@@ -17,7 +17,8 @@ from genai_prices import Usage, calc_price
 
 from api.app import create_app
 from processors.budget.windows import bucket_of
-from schemas.budgets import Window
+from processors.policies import publish_policy
+from schemas.budgets import BudgetPolicy, Scope, Window
 from schemas.topics import ALERTS, BUDGET_POLICIES, COST_EVENTS, SIGNALS
 from tests.conftest import read_topic
 from tests.processors.conftest import make_event, produce, reader_factory
@@ -26,9 +27,26 @@ pytestmark = pytest.mark.integration
 
 __all__ = ["reader_factory"]  # a fixture of the processors' tests, used here
 
-POLICY_TRIP_S = 3.0
-"""The worker's policy watcher polls every 0.2 s; generous on a loaded machine. An event the
-worker processes before it has the policy is not counted by it (the bound the module states)."""
+
+def _wait_for_policies(settings: Any, signals: Any, tag: str, timeout: float = 60.0) -> None:
+    """Until the worker applies every policy written so far: a canary policy written after them
+    (same partition: read in order) kills a canary session, whose events go on until it does. An
+    event the worker processed before it had a policy would not be counted by it (the bound
+    api.opening_balance states)."""
+    canary = f"canary-{tag}"
+    publish_policy(settings, BudgetPolicy(policy_id=canary, scope=(Scope.SESSION,), match={Scope.SESSION: canary},
+                                          limit_tokens=1, thresholds=(Decimal(1),)))  # fmt: skip
+    deadline = time.monotonic() + timeout
+    step = 0
+    while not any(s["policy_id"] == canary for s in signals.wait_for(0, timeout=0.0, settle=0.3)):
+        assert time.monotonic() < deadline, "the worker never applied the canary policy"
+        _send(settings, [make_event(session_id=canary, workflow_id=f"wf-{canary}", step=step, team="canary")])
+        step += 1
+
+
+def _ours(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Signals or alerts without the canary's (one of each per canary)."""
+    return [r for r in records if not r["policy_id"].startswith("canary-")]
 
 
 def _gpt4o(input_tokens: int = 1000, output_tokens: int = 200) -> Decimal:
@@ -118,36 +136,36 @@ def test_a_team_day_budget_starts_from_the_days_spend_and_a_restart_does_not_add
         assert (opening["status"], opening["scopes"], Decimal(opening["spent_cost"])) == ("applied", 1, 18 * UNIT)
         assert opening["spent_tokens"] == 18 * 1200 and opening["omitted_scopes"] == 0
         assert client.get("/v1/budgets/ml-day").json() == {k: v for k, v in r.json().items() if k != "opening_balance"}
-        time.sleep(POLICY_TRIP_S)
+        _wait_for_policies(settings, signals, "day")
 
         # 90 % was spent before the policy existed: the next event fires the 50 % and 80 % alerts
         _send(settings, _events("ml", ["ml-new"], 1, datetime.now(UTC), tag="after"))
-        fired = alerts.wait_for(2, settle=3.0)
+        fired = _ours(alerts.wait_for(3, settle=3.0))
         assert _thresholds(fired) == [(Decimal("0.5"), 19 * UNIT), (Decimal("0.8"), 19 * UNIT)], worker.log()[-3000:]
         top = {t["session_id"]: Decimal(t["spent_cost"]) for t in fired[0]["top_sessions"]}
         assert top == {"ml-0": 6 * UNIT, "ml-1": 6 * UNIT, "ml-2": 6 * UNIT, "ml-new": UNIT}
-        assert signals.wait_for(1, timeout=2.0, settle=0.0) == []
+        assert _ours(signals.wait_for(2, timeout=2.0, settle=0.0)) == []
 
         # the next one reaches the limit: every session of the day is killed, once
         _send(settings, [make_event(session_id="ml-new", workflow_id="wf-after-ml-new", step=1, team="ml",
                                     occurred_at=_iso(datetime.now(UTC)))])  # fmt: skip
-        got = signals.wait_for(4, settle=3.0)
+        got = _ours(signals.wait_for(5, settle=3.0))
         assert sorted(s["session_id"] for s in got) == ["ml-0", "ml-1", "ml-2", "ml-new"]
         assert {(s["action"], s["signal_id"], Decimal(s["spent_cost"])) for s in got} == {
             ("kill", got[0]["signal_id"], 20 * UNIT)
         }
-        assert _thresholds(alerts.wait_for(3, settle=1.0))[-1] == (Decimal(1), 20 * UNIT)
+        assert _thresholds(_ours(alerts.wait_for(4, settle=1.0)))[-1] == (Decimal(1), 20 * UNIT)
 
         # kill -9 and restart: the state comes back from the changelog (committed: the alerts above
         # are read committed and share its transactions), the balance is not added a second time
         worker.kill()
         restarted = worker_factory(settings)
         _send(settings, _events("ml", ["ml-late"], 1, datetime.now(UTC), tag="late"))
-        got = signals.wait_for(5, timeout=90.0, settle=3.0)
+        got = _ours(signals.wait_for(6, timeout=90.0, settle=3.0))
         late = [s for s in got if s["session_id"] == "ml-late"]
         assert len(late) == 1, restarted.log()[-3000:]
         assert Decimal(late[0]["spent_cost"]) == 21 * UNIT  # 18 + 3 counted, not 39
-        assert len(alerts.wait_for(4, timeout=3.0, settle=0.0)) == 3  # no alert twice
+        assert len(_ours(alerts.wait_for(5, timeout=3.0, settle=0.0))) == 3  # no alert twice
 
 
 def test_a_rolling_budget_starts_from_its_buckets(settings_factory, worker_factory, reader_factory):
@@ -174,14 +192,14 @@ def test_a_rolling_budget_starts_from_its_buckets(settings_factory, worker_facto
         assert sorted((b, Decimal(c)) for b, _, c in scope["buckets"]) == sorted(
             [(bucket_of(w, early), 6 * UNIT), (bucket_of(w, recent), 3 * UNIT)]
         )
-        time.sleep(POLICY_TRIP_S)
+        _wait_for_policies(settings, signals, "hour")
 
         _send(settings, _events("ml", ["ml-2"], 1, datetime.now(UTC), tag="after"))
-        fired = alerts.wait_for(3, settle=3.0)
+        fired = _ours(alerts.wait_for(4, settle=3.0))
         assert _thresholds(fired) == [(t, 10 * UNIT) for t in (Decimal("0.5"), Decimal("0.8"), Decimal(1))], (
             worker.log()[-3000:]
         )
-        got = signals.wait_for(3, settle=2.0)
+        got = _ours(signals.wait_for(4, settle=2.0))
         # ml-0 spent in the window too (its early events): every session of the window is signalled
         assert sorted(s["session_id"] for s in got) == ["ml-0", "ml-1", "ml-2"]
         assert {Decimal(s["spent_cost"]) for s in got} == {10 * UNIT}
@@ -203,18 +221,18 @@ def test_session_budgets_start_from_each_sessions_spend_unless_asked_not_to(
         def cap(policy_id: str, team: str) -> dict[str, Any]:
             return {"policy_id": policy_id, "scope": ["session"], "match": {"team": team}, "limit_cost": str(5 * UNIT)}
 
+        r = client.put("/v1/budgets/web-session", json=cap("web-session", "web"), params={"opening_balance": "false"})
+        assert r.status_code == 201 and r.json()["opening_balance"]["status"] == "skipped"
         r = client.put("/v1/budgets/ml-session", json=cap("ml-session", "ml"))
         assert r.status_code == 201, r.text
         opening = r.json()["opening_balance"]
         assert (opening["scopes"], Decimal(opening["spent_cost"])) == (2, 5 * UNIT)
-        r = client.put("/v1/budgets/web-session", json=cap("web-session", "web"), params={"opening_balance": "false"})
-        assert r.status_code == 201 and r.json()["opening_balance"]["status"] == "skipped"
-        time.sleep(POLICY_TRIP_S)
+        _wait_for_policies(settings, signals, "session")
 
         after = datetime.now(UTC)
         _send(settings, _events("ml", ["s-a"], 1, after, tag="a2") + _events("ml", ["s-b"], 1, after, tag="b2"))
         _send(settings, _events("web", ["w-a"], 1, after, tag="w2"))
-        got = signals.wait_for(1, settle=4.0)
+        got = _ours(signals.wait_for(2, settle=4.0))
         # s-a reaches 5 units with its balance; s-b (2) and w-a (1 from zero, by request) do not
         assert [(s["session_id"], s["policy_id"], Decimal(s["spent_cost"])) for s in got] == [
             ("s-a", "ml-session", 5 * UNIT)
