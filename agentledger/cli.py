@@ -25,6 +25,16 @@ budgets = typer.Typer(help="Budget policies (written to the compacted budget-pol
 app.add_typer(budgets, name="budgets")
 
 
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--api", envvar="AGENTLEDGER_API_URL", help="Go through this running API, e.g. http://127.0.0.1:8000"),
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option("--admin-key", envvar="AGENTLEDGER_ADMIN_KEY", help="An unrestricted admin key (with --api)"),
+]
+
+
 def _logging() -> None:
     from agentledger.logs import configure_logging
 
@@ -200,9 +210,22 @@ def budget_set(
     ] = None,
     name: Annotated[str, typer.Option(help="A label for people")] = "",
     disabled: Annotated[bool, typer.Option("--disabled", help="Store it switched off")] = False,
+    opening_balance: Annotated[
+        bool,
+        typer.Option(
+            "--opening-balance/--no-opening-balance",
+            help="Start the budgets from the spend already made in their window (default), or from zero",
+        ),
+    ] = True,
+    api_url: ApiUrl = None,
+    admin_key: AdminKey = None,
 ) -> None:
-    """Create or replace a budget policy; it takes effect within seconds, running sessions included."""
-    from processors.policies import publish_policy
+    """Create or replace a budget policy; it takes effect within seconds, running sessions included.
+
+    Its budgets start from the spend the warehouse holds for their window (printed under
+    `opening_balance`). While `agentledger api` holds the embedded warehouse, pass --api (and an
+    admin or budgets:write key) to go through it; a warehouse that cannot be read leaves the
+    budgets at zero, with a warning."""
     from schemas.budgets import BudgetPolicy
 
     fields: dict[str, Any] = {
@@ -228,8 +251,46 @@ def budget_set(
             where = ".".join(str(p) for p in error["loc"]) or "policy"
             typer.echo(f"invalid {where}: {error['msg']}", err=True)
         raise typer.Exit(2) from None
-    publish_policy(get_settings(), policy)
-    typer.echo(policy.model_dump_json(exclude_none=True))
+    if api_url:
+        body = _api_call(
+            api_url,
+            admin_key,
+            "PUT",
+            f"/v1/budgets/{policy.policy_id}",
+            json=policy.model_dump(mode="json", exclude_none=True),
+            params={"opening_balance": str(opening_balance).lower()},
+        )
+    else:
+        body = _publish_with_opening_balance(policy, opening_balance)
+    status = body["opening_balance"]
+    if status["status"] == "failed":
+        typer.echo(f"warning: budgets start at zero, the opening balance failed: {status['error']}", err=True)
+    typer.echo(json.dumps(body))
+
+
+def _publish_with_opening_balance(policy: Any, wanted: bool) -> dict[str, Any]:
+    """`budgets set` without --api: the API's own steps (api.opening_balance, then publish)."""
+    from datetime import UTC, datetime
+
+    from api.opening_balance import opening_for_write
+    from api.warehouse import WarehouseError, open_warehouse
+    from processors.policies import publish_policy
+
+    settings = get_settings()
+    warehouse = None
+    now = datetime.now(UTC)
+    if wanted:
+        try:
+            warehouse = open_warehouse(settings)
+        except WarehouseError as exc:
+            typer.echo(f"warning: {exc}; with a running API pass --api to read its warehouse", err=True)
+    try:
+        balance, summary = opening_for_write(warehouse, settings.database, policy, now, wanted=wanted)
+    finally:
+        if warehouse is not None:
+            warehouse.close()
+    publish_policy(settings, policy, opening_balance=balance)
+    return {**policy.model_dump(mode="json", exclude_none=True), "opening_balance": summary.model_dump(mode="json")}
 
 
 @budgets.command("delete")
@@ -250,15 +311,6 @@ keys = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys, name="keys")
-
-ApiUrl = Annotated[
-    str | None,
-    typer.Option("--api", envvar="AGENTLEDGER_API_URL", help="Go through this running API, e.g. http://127.0.0.1:8000"),
-]
-AdminKey = Annotated[
-    str | None,
-    typer.Option("--admin-key", envvar="AGENTLEDGER_ADMIN_KEY", help="An unrestricted admin key (with --api)"),
-]
 
 
 def _api_client(url: str, admin_key: str | None) -> Any:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from agentledger.kafka_admin import ensure_topics
 from agentledger.settings import Settings
-from schemas.budgets import BudgetPolicy
+from schemas.budgets import BudgetPolicy, PolicyRecord, split_record
 from schemas.topics import BUDGET_POLICIES
 
 log = structlog.get_logger(__name__)
@@ -65,7 +65,8 @@ class PolicyCache:
                 self._policies.pop(policy_id, None)
             return
         try:
-            policy = BudgetPolicy.model_validate_json(value)
+            # the opening balance a record may carry is the workers' business, not the API's
+            policy, _ = split_record(PolicyRecord.model_validate_json(value))
         except ValidationError as exc:
             log.error("policy_cache.invalid", policy_id=policy_id, error=str(exc)[:500])
             return

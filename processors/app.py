@@ -59,6 +59,7 @@ from processors.budget import (
     make_alert,
     make_signal,
     scope_value,
+    seed_states,
     unpriced_kill_signal,
     usage_of,
 )
@@ -66,7 +67,7 @@ from processors.dedupe import STORE_URL, DedupeStore, Seen, record_key
 from processors.errors import ProcessorError
 from processors.pricing import Pricer
 from processors.scope_preview import BAD_ITEM, ScopePreview, apply_scope_item, parse_scope_record
-from schemas.budgets import Action, BudgetPolicy, Scope, SessionState, SessionStatus, Signal
+from schemas.budgets import Action, BudgetPolicy, PolicyRecord, Scope, SessionState, SessionStatus, Signal, split_record
 from schemas.codec import encode
 from schemas.events import MAX_EVENT_BYTES, CostEvent, DeadLetter, PricedEvent
 from schemas.topics import (
@@ -155,6 +156,8 @@ class PolicyWatcher:
         self.settings = settings
         self.topic = settings.topic(BUDGET_POLICIES.suffix)
         self._policies: dict[str, BudgetPolicy] = {}
+        self._seeds: dict[str, dict[str, dict[str, Any]]] = {}
+        """policy id -> state key -> the state its opening balance starts (as JSON)."""
         self._defaults: tuple[BudgetPolicy, ...] = ()
         if settings.session_token_cap is not None:
             self._defaults = (default_session_policy(settings.session_token_cap),)
@@ -177,16 +180,28 @@ class PolicyWatcher:
         policy_id = key.decode("utf-8", "replace")
         if value is None:
             self._policies.pop(policy_id, None)
+            self._seeds.pop(policy_id, None)
         else:
             try:
-                self._policies[policy_id] = BudgetPolicy.model_validate_json(value)
+                policy, balance = split_record(PolicyRecord.model_validate_json(value))
             except ValidationError as exc:
                 log.error("policy %s invalid, ignored: %s", policy_id, exc)
                 return
+            # before the policy itself: a batch that sees the policy finds its seeds
+            seeds: dict[str, dict[str, Any]] = {}
+            if balance is not None:
+                seeds = {k: state.to_json() for k, state in seed_states(policy, balance).items()}
+                log.info("policy %s: opening balance of %d budgets as of %s", policy_id, len(seeds), balance.as_of)
+            self._seeds[policy_id] = seeds
+            self._policies[policy_id] = policy
         current = self._defaults + tuple(self._policies.values())
         # one assignment each: the worker's thread reads them without a lock
         self.by_id = {p.policy_id: p for p in current}
         self.current = current
+
+    def seed(self, key: str) -> dict[str, Any] | None:
+        """The state an opening balance starts for a budget state key (`policy id` first), if any."""
+        return self._seeds.get(key.partition("\x1f")[0], {}).get(key)
 
     def _poll(self, timeout: float) -> bool:
         msg = self._consumer.poll(timeout)
@@ -507,13 +522,17 @@ class LedgerApp:
 
     # -- state through faust's memory store: our objects in, raw bytes from a restore
 
+    # A key with no state yet starts from its policy's opening balance, if it has one: the seeded
+    # state then reaches the changelog with the batch, so a restart restores it instead of seeding
+    # it again.
+
     def _load_budget(self, key: str) -> dict[str, Any] | None:
         raw = self.budgets.data.get(key.encode())
-        return None if raw is None else orjson.loads(raw)
+        return self.policies.seed(key) if raw is None else orjson.loads(raw)
 
     def _load_scope_budget(self, key: str) -> dict[str, Any] | None:
         raw = self.scope_budgets.data.get(key.encode())
-        return None if raw is None else orjson.loads(raw)
+        return self.policies.seed(key) if raw is None else orjson.loads(raw)
 
     async def _preview_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
         if self.preview is not None:

@@ -6,7 +6,7 @@ from confluent_kafka import KafkaException, Producer
 
 from agentledger.settings import Settings
 from processors.errors import PolicyPublishError
-from schemas.budgets import BudgetPolicy
+from schemas.budgets import BudgetPolicy, OpeningBalance, PolicyRecord
 from schemas.codec import encode
 from schemas.topics import BUDGET_POLICIES
 
@@ -35,9 +35,18 @@ def _produce(settings: Settings, key: str, value: bytes | None, timeout: float) 
         raise PolicyPublishError(f"policy {key!r} not delivered: {errors or 'flush timed out'}")
 
 
-def publish_policy(settings: Settings, policy: BudgetPolicy, timeout: float = 10.0) -> None:
-    """Create or replace a budget policy; workers apply it within seconds."""
-    _produce(settings, policy.policy_id, encode(policy), timeout)
+def publish_policy(
+    settings: Settings, policy: BudgetPolicy, timeout: float = 10.0, opening_balance: OpeningBalance | None = None
+) -> None:
+    """Create or replace a budget policy; workers apply it within seconds.
+
+    With `opening_balance` (api.opening_balance computes it) the budgets it names start from the
+    spend already made in the window instead of zero."""
+    if opening_balance is None:
+        _produce(settings, policy.policy_id, encode(policy), timeout)
+        return
+    record = PolicyRecord.model_validate({**policy.model_dump(exclude_unset=True), "opening_balance": opening_balance})
+    _produce(settings, policy.policy_id, encode(record), timeout)
 
 
 def delete_policy(settings: Settings, policy_id: str, timeout: float = 10.0) -> None:

@@ -123,6 +123,62 @@ class BudgetPolicy(Strict):
         return self
 
 
+MAX_OPENING_SCOPES = 10_000
+MAX_OPENING_BUCKETS = 720
+"""A rolling window has at most 168 buckets (rolling_7d, of 1 h), and the balance reads at most
+twice that (api.budget_status.opening_window): room to spare."""
+MAX_OPENING_SESSIONS = 1000
+"""Per scope value, as a worker's budget state keeps at most 1000 sessions."""
+
+SpentTokens = Annotated[int, Field(ge=0, strict=True)]
+Spent = Annotated[Decimal, Field(max_digits=38, decimal_places=12)]
+"""A sum of many events' cost: adjustments may make it negative."""
+
+
+class OpeningScope(Strict):
+    """One scope value's settled spend in the window, from the warehouse."""
+
+    scope_value: Annotated[str, StringConstraints(max_length=1024)]
+    tokens: SpentTokens
+    cost: Spent
+    buckets: Annotated[tuple[tuple[int, SpentTokens, Spent], ...], Field(max_length=MAX_OPENING_BUCKETS)] = ()
+    """Rolling windows: (bucket index as in processors.budget.windows.bucket_of, tokens, cost)."""
+    sessions: Annotated[tuple[tuple[Name, SpentTokens, Spent], ...], Field(max_length=MAX_OPENING_SESSIONS)] = ()
+    """Scopes wider than a session: its biggest sessions (id, tokens, cost), largest first."""
+
+
+class OpeningBalance(Strict):
+    """The spend a policy finds already made in its window when it is created or replaced.
+
+    Workers seed a budget state from it only when that state does not exist yet, and a state
+    seeded from it ignores events they processed before `as_of` (those may be in it already)."""
+
+    as_of: UtcDatetime
+    """When the warehouse was read: it holds what the sink had written by then."""
+    window_start: UtcDatetime | None = None
+    """The calendar window's start (None: lifetime); rolling windows carry buckets instead."""
+    scopes: Annotated[tuple[OpeningScope, ...], Field(max_length=MAX_OPENING_SCOPES)] = ()
+    omitted_scopes: Annotated[int, Field(ge=0)] = 0
+    """Scope values left out to keep the record under the message size limit (the smallest
+    spenders): their budgets start at zero."""
+    omitted_sessions: Annotated[int, Field(ge=0)] = 0
+    """Sessions left out of the kept scopes' lists (the smallest): a breach does not signal them
+    at once; each is refused at its next event instead."""
+
+
+class PolicyRecord(BudgetPolicy):
+    """What `budget-policies` carries: the policy, and the opening balance computed when it was
+    written (absent when none was asked for, none could be computed, or nothing was spent)."""
+
+    opening_balance: OpeningBalance | None = None
+
+
+def split_record(record: PolicyRecord) -> tuple[BudgetPolicy, OpeningBalance | None]:
+    """The policy alone (what the API shows and budgets use), and its opening balance."""
+    fields = record.model_dump(exclude={"opening_balance"}, exclude_unset=True)
+    return BudgetPolicy.model_validate(fields), record.opening_balance
+
+
 class SessionState(StrEnum):
     ACTIVE = "active"
     WARNED = "warned"

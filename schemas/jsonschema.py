@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.budgets import Alert, BudgetPolicy, SessionStatus, Signal
+from schemas.budgets import Alert, BudgetPolicy, PolicyRecord, SessionStatus, Signal
 from schemas.events import CostEvent, DeadLetter, PricedEvent
 
 EXPORTED: dict[str, type[BaseModel]] = {
@@ -15,6 +15,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "priced-event.v1": PricedEvent,
     "dead-letter.v1": DeadLetter,
     "budget-policy.v1": BudgetPolicy,
+    "budget-policy-record.v1": PolicyRecord,
     "signal.v1": Signal,
     "session-status.v1": SessionStatus,
     "alert.v1": Alert,

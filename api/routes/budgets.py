@@ -1,5 +1,9 @@
 """/v1/budgets: budget policies, written as events on the compacted budget-policies topic.
 
+A write first reads the spend already made in the policy's window from the warehouse (its
+opening balance, api.opening_balance), publishes it with the policy, so budgets start from it
+rather than from zero.
+
 The topic is the source of truth: a write publishes the policy (or a tombstone) and then
 waits until the API's policy cache has read the topic to its end, so the answer and every
 later read show it; workers apply it within seconds.
@@ -16,6 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
@@ -24,13 +29,25 @@ from api.budget_status import scope_value_text, spend_query, spent_tokens, used_
 from api.errors import Forbidden, InvalidParameter, KafkaUnavailable, NotFound
 from api.keys import ApiKey
 from api.money import MoneyText, money
+from api.opening_balance import OpeningStatus, OpeningSummary, opening_for_write
 from api.policy_cache import PolicyCache, PolicyCacheUnavailable
 from processors.errors import PolicyPublishError
 from processors.policies import delete_policy, publish_policy
 from schemas.budgets import BudgetPolicy, Scope
 
+log = structlog.get_logger(__name__)
+
 router = APIRouter(prefix="/v1/budgets", tags=["budgets"])
 
+OpeningQuery = Annotated[
+    bool, Query(description="Start the budgets from the spend already made in their window (default) or from zero")
+]
+OPENING_DOC = (
+    "The budgets start from the settled spend the warehouse holds for the policy's window at the time "
+    "of the write (`opening_balance` in the answer says what was found); `opening_balance=false` starts "
+    "them at zero. If the warehouse cannot answer, the policy is still written, without it "
+    "(`opening_balance.status` = `failed`)."
+)
 PolicyIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -76,7 +93,15 @@ def _visible_or_404(cache: PolicyCache, policy_id: str, key: ApiKey) -> BudgetPo
     return policy
 
 
-def _write(request: Request, policy: BudgetPolicy, key: ApiKey, response: Response) -> BudgetPolicy:
+class BudgetWritten(BudgetPolicy):
+    """The policy as written, and what became of the spend already made in its window."""
+
+    opening_balance: OpeningSummary
+
+
+def _write(
+    request: Request, policy: BudgetPolicy, key: ApiKey, response: Response, opening_balance: bool
+) -> BudgetWritten:
     if key.team is not None and policy.match.get(Scope.TEAM) != key.team:
         raise Forbidden(f"a key restricted to team {key.team!r} may only set policies with match.team equal to it",
                         field="match")  # fmt: skip
@@ -84,15 +109,21 @@ def _write(request: Request, policy: BudgetPolicy, key: ApiKey, response: Respon
     existing = cache.get(policy.policy_id)
     if existing is not None and not visible_to(existing, key):
         raise Forbidden(f"the policy {policy.policy_id!r} belongs to another team", field="policy_id")
+    settings = request.app.state.settings
+    balance, summary = opening_for_write(
+        request.app.state.warehouse, settings.database, policy, datetime.now(UTC), wanted=opening_balance
+    )
+    log_opening = log.warning if summary.status is OpeningStatus.FAILED else log.info
+    log_opening("budgets.opening_balance", policy_id=policy.policy_id, **summary.model_dump(mode="json"))
     try:
-        publish_policy(request.app.state.settings, policy)
+        publish_policy(settings, policy, opening_balance=balance)
         cache.wait_caught_up()
     except PolicyPublishError as exc:
         raise KafkaUnavailable(str(exc)) from None
     except PolicyCacheUnavailable as exc:
         raise KafkaUnavailable(str(exc)) from None
     response.status_code = 200 if existing is not None else 201
-    return policy
+    return BudgetWritten.model_validate({**policy.model_dump(exclude_unset=True), "opening_balance": summary})
 
 
 @router.get("", response_model=BudgetList, summary="List budget policies")
@@ -109,24 +140,27 @@ def get_budget(
 
 @router.post(
     "",
-    response_model=BudgetPolicy,
+    response_model=BudgetWritten,
     status_code=201,
     summary="Create or replace a budget policy (201 created, 200 replaced)",
+    description=OPENING_DOC,
 )
 def post_budget(
     request: Request,
     body: BudgetPolicy,
     response: Response,
     key: Annotated[ApiKey, Depends(require("budgets:write"))],
-) -> BudgetPolicy:
-    return _write(request, body, key, response)
+    opening_balance: OpeningQuery = True,
+) -> BudgetWritten:
+    return _write(request, body, key, response, opening_balance)
 
 
 @router.put(
     "/{policy_id}",
-    response_model=BudgetPolicy,
+    response_model=BudgetWritten,
     status_code=201,
     summary="Create or replace a budget policy (201 created, 200 replaced)",
+    description=OPENING_DOC,
 )
 def put_budget(
     request: Request,
@@ -134,10 +168,11 @@ def put_budget(
     body: BudgetPolicy,
     response: Response,
     key: Annotated[ApiKey, Depends(require("budgets:write"))],
-) -> BudgetPolicy:
+    opening_balance: OpeningQuery = True,
+) -> BudgetWritten:
     if body.policy_id != policy_id:
         raise InvalidParameter(f"body policy_id {body.policy_id!r} differs from the path", field="policy_id")
-    return _write(request, body, key, response)
+    return _write(request, body, key, response, opening_balance)
 
 
 @router.delete("/{policy_id}", status_code=204, summary="Delete a budget policy (a tombstone)")

@@ -24,7 +24,17 @@ from processors.budget.windows import (
     window_end,
     window_start,
 )
-from schemas.budgets import Action, Alert, BudgetPolicy, Scope, Signal, TopSession, Window, scope_value_of
+from schemas.budgets import (
+    Action,
+    Alert,
+    BudgetPolicy,
+    OpeningBalance,
+    Scope,
+    Signal,
+    TopSession,
+    Window,
+    scope_value_of,
+)
 from schemas.events import CostEvent, EventKind, PricedEvent
 
 ZERO = Decimal(0)
@@ -155,6 +165,9 @@ class BudgetState:
     """Open reservations: call_started event id -> [tokens, cost, expires_at_s]."""
     sessions: dict[str, list[Any]] = field(default_factory=dict)
     """Scopes wider than a session: session id -> [tokens, cost] spent in this state."""
+    since: float | None = None
+    """Seeded from an opening balance read at this time (epoch seconds): events processed
+    before it may be in that balance, so this state ignores them (see `seed_states`)."""
 
     @property
     def reserved_tokens(self) -> int:
@@ -182,6 +195,8 @@ class BudgetState:
             out["reserved"] = {k: [t, str(c), x] for k, (t, c, x) in self.reserved.items()}
         if self.sessions:
             out["sessions"] = {k: [t, str(c)] for k, (t, c) in self.sessions.items()}
+        if self.since is not None:
+            out["since"] = self.since
         return out
 
     @classmethod
@@ -193,6 +208,7 @@ class BudgetState:
             fired=dict(data.get("fired", {})),
             reserved={k: [int(t), Decimal(c), float(x)] for k, (t, c, x) in data.get("reserved", {}).items()},
             sessions={k: [int(t), Decimal(c)] for k, (t, c) in data.get("sessions", {}).items()},
+            since=None if data.get("since") is None else float(data["since"]),
         )
 
 
@@ -348,6 +364,9 @@ class BudgetBook:
         start = window_start(policy.window, at, policy.timezone)
         key = state_key(policy.policy_id, sval, start, policy.window)
         state = self._state(key)
+        if state.since is not None and now is not None and now.timestamp() < state.since:
+            # processed before the opening balance was read: it may be counted in it already
+            return []
         self.dirty[key] = tag
         if now is not None:
             state.expire(now.timestamp())
@@ -437,6 +456,32 @@ class BudgetBook:
         spent_cost = sum((c for _, c in state.buckets.values()), ZERO)
         state.tokens, state.cost = spent_tokens, spent_cost
         return spent_tokens, spent_cost, bucket_start(window, oldest)
+
+
+def seed_states(policy: BudgetPolicy, balance: OpeningBalance) -> dict[str, BudgetState]:
+    """The budget states an opening balance starts, by state key.
+
+    A worker uses one only where that key has no state yet (so a restart, replay or rebalance,
+    which restore the state from the changelog, never adds it twice), then counts events as
+    usual; thresholds the balance already reached fire at the next event, once. The state
+    remembers `as_of`: an event processed before it may be in the balance, so it is ignored
+    (none is, when the policy is new: no worker applied it before `as_of`).
+    """
+    since = balance.as_of.timestamp()
+    rolling = is_rolling(policy.window)
+    wide = Scope.SESSION not in policy.scope
+    out: dict[str, BudgetState] = {}
+    for entry in balance.scopes:
+        key = state_key(policy.policy_id, entry.scope_value, balance.window_start, policy.window)
+        state = BudgetState(tokens=entry.tokens, cost=entry.cost, since=since)
+        if rolling:
+            state.buckets = {b: [t, c] for b, t, c in entry.buckets}
+            state.tokens = sum(t for t, _ in state.buckets.values())
+            state.cost = sum((c for _, c in state.buckets.values()), ZERO)
+        if wide:
+            state.sessions = {sid: [t, c] for sid, t, c in entry.sessions[:MAX_SESSIONS_PER_STATE]}
+        out[key] = state
+    return out
 
 
 def make_signal(

@@ -4,11 +4,15 @@ reading them back, scopes and team restriction, bad input."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from agentledger import cli
 from api.app import create_app
 from api.keys import KeyStore
 from api.migrations import migrate
@@ -61,7 +65,9 @@ def test_budget_crud_writes_the_compacted_topic_and_reads_it_back(env):
         assert r.json()["limit_cost"] == "25.5" and r.json()["match"] == {"team": "payments"}
         # read-your-write: the cache has read the topic up to this write
         got = client.get("/v1/budgets/pay-cap", headers=admin).json()
-        assert got == r.json()
+        written = r.json()
+        assert written.pop("opening_balance")["status"] == "none"  # nothing spent yet
+        assert got == written
 
         r = client.put(
             "/v1/budgets/pay-cap", json=_policy("pay-cap", match={"team": "payments"}, limit_cost="30"), headers=admin
@@ -154,3 +160,39 @@ def test_budget_bad_input_is_422_with_the_field(env, path, body, field):
         assert r.json()["error"]["field"] == field
         r = client.post("/v1/budgets", content=b"{not json", headers=_h(keys["admin"]))
         assert r.status_code == 422
+
+
+def test_a_write_goes_out_without_an_opening_balance_when_the_warehouse_cannot_answer(env):
+    """The balance is a courtesy: a failed read must not stop a budget from being set."""
+    settings, wh, keys = env
+    admin = _h(keys["admin"])
+    with TestClient(create_app(settings, wh, with_sink=False)) as client:
+        r = client.put("/v1/budgets/off", json=_policy("off"), headers=admin, params={"opening_balance": "false"})
+        assert r.status_code == 201 and r.json()["opening_balance"]["status"] == "skipped"
+        for table in ("event_ledger", "rollup_hourly", "rollup_daily"):
+            wh.command(f"DROP TABLE {settings.database}.{table}")
+        r = client.put("/v1/budgets/broken", json=_policy("broken", window="calendar_day"), headers=admin)
+        assert r.status_code == 201, r.text
+        opening = r.json()["opening_balance"]
+        assert opening["status"] == "failed" and "UNKNOWN_TABLE" in opening["error"], opening
+        assert client.get("/v1/budgets/broken", headers=admin).status_code == 200
+    expected = BudgetPolicy.model_validate(_policy("broken", window="calendar_day"))
+    assert (b"broken", encode(expected)) in _topic_records(settings)  # the policy, without a balance
+
+
+def test_cli_budgets_set_goes_through_the_api(env, monkeypatch):
+    """With --api the CLI's write is the API's: the same balance step, the same answer."""
+    settings, wh, keys = env
+    with TestClient(create_app(settings, wh, with_sink=False)) as client:
+        client.headers["Authorization"] = f"Bearer {keys['admin']}"
+        monkeypatch.setattr(cli, "_api_client", lambda url, key: nullcontext(client))  # the CLI closes it
+        args = ["budgets", "set", "via-api", "--scope", "team", "--limit-cost", "5", "--window", "calendar_week",
+                "--api", "http://testserver", "--admin-key", keys["admin"]]  # fmt: skip
+        result = CliRunner().invoke(cli.app, args)
+        assert result.exit_code == 0, result.output
+        # the last line: the in-process API's own log lines land in the captured stdout too
+        assert orjson.loads(result.stdout.splitlines()[-1])["opening_balance"]["status"] == "none"
+        result = CliRunner().invoke(cli.app, [*args, "--no-opening-balance"])
+        assert result.exit_code == 0, result.output
+        assert orjson.loads(result.stdout.splitlines()[-1])["opening_balance"]["status"] == "skipped"
+        assert client.get("/v1/budgets/via-api").json()["window"] == "calendar_week"
