@@ -40,7 +40,15 @@ def _local_kafka_port(settings: Settings) -> int | None:
 
 def _kafka(command: str, port: int, settings: Settings) -> None:
     env = {**os.environ, "AGENTLEDGER_KAFKA_PORT": str(port), "AGENTLEDGER_KAFKA_HOME": str(settings.kafka_home)}
-    subprocess.run(["bash", str(KAFKA_SCRIPT), command], check=True, env=env, cwd=ROOT, timeout=600)
+    try:
+        subprocess.run(["bash", str(KAFKA_SCRIPT), command], check=True, env=env, cwd=ROOT, timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        # the local broker listens where AGENTLEDGER_KAFKA_BOOTSTRAP points: that is the knob here
+        raise LocalStackError(
+            f"scripts/kafka.sh {command} failed ({exc}); see its message above. To run the local broker"
+            f" on another port, set AGENTLEDGER_KAFKA_BOOTSTRAP (now {settings.kafka_bootstrap}),"
+            " e.g. AGENTLEDGER_KAFKA_BOOTSTRAP=127.0.0.1:19492"
+        ) from None
 
 
 def _spawn(name: str, log_dir: Path) -> subprocess.Popen[bytes]:
@@ -133,4 +141,7 @@ def run_local(settings: Settings, *, demo: bool, keep_kafka: bool) -> int:
     finally:
         _stop(children, console)
         if port is not None and not keep_kafka:
-            _kafka("stop", port, settings)
+            try:
+                _kafka("stop", port, settings)
+            except LocalStackError as exc:
+                console.print(f"[red]{exc}[/]")
