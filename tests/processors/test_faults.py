@@ -212,7 +212,9 @@ def assert_exact(
         [("cap", f"session={s}", t) for s in truth.session_cost for t in THRESHOLDS]
         + [("team", f"team={team}", t) for team in truth.team_cost for t in THRESHOLDS]
     )
-    got_alerts = alerts.wait_for(len(expected_alerts), timeout=60.0, settle=2.0)
+    # exactly once is the promise here, not how soon: after a kill the last alert can wait for the
+    # survivor's recovery and two commits (once in 12 runs it was still missing after 60 s)
+    got_alerts = alerts.wait_for(len(expected_alerts), timeout=150.0, settle=2.0)
     alert_keys = Counter((a["policy_id"], a["scope_value"], Decimal(a["threshold"])) for a in got_alerts)
     assert alert_keys == expected_alerts, (
         f"missing alerts {sorted(expected_alerts - alert_keys)}, repeated or unexpected {sorted(alert_keys - expected_alerts)}"
