@@ -78,6 +78,18 @@ def _wait_http(url: str, children: dict[str, subprocess.Popen[bytes]], log_dir: 
     raise LocalStackError(f"{url} did not answer within {timeout:.0f}s; see {log_dir}")
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0, kill_wait: float = 10.0) -> int:
+    """SIGTERM a child and wait for it; SIGKILL it if it has not exited after `timeout`. Its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(kill_wait)
+    return proc.returncode
+
+
 def _stop(children: dict[str, subprocess.Popen[bytes]], console: Console) -> None:
     for child in children.values():
         if child.poll() is None:

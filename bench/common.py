@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agentledger.kafka_admin import delete_run_topics, ensure_topics
+from agentledger.local import terminate
 from agentledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,15 +189,9 @@ class Child:
         return vm_hwm_kib(self.proc.pid)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = terminate(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def tail(self, lines: int = 30) -> str:
         try:

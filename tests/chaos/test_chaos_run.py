@@ -36,6 +36,7 @@ from fastapi.testclient import TestClient
 
 import ingest
 from agentledger.kafka_admin import ensure_topics
+from agentledger.local import terminate
 from agentledger.settings import AlertWebhook, Settings
 from api.app import create_app
 from api.sink import CRASH_EXIT_CODE
@@ -122,14 +123,7 @@ class Service:
         """SIGTERM and wait (SIGKILL after `timeout`); the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        return self.proc.returncode
+        return terminate(self.proc, timeout, kill_wait=30.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
+from agentledger.local import terminate
 from agentledger.settings import Settings
 from schemas.events import CostEvent, derive_event_id
 from tests.conftest import delete_test_topics
@@ -88,15 +88,9 @@ class WorkerProcess:
         )
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = terminate(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def kill(self) -> None:
         self.proc.kill()
