@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     model_validator,
 )
@@ -49,7 +50,14 @@ def _to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+UtcDatetime = Annotated[
+    AwareDatetime, AfterValidator(_to_utc), PlainSerializer(_iso, return_type=str, when_used="json")
+]
+"""Aware, converted to UTC; in JSON `2026-06-01T12:34:56.123456+00:00` (isoformat, as orjson writes it)."""
 
 
 class EventKind(StrEnum):

@@ -281,12 +281,13 @@ def window_open(window: Window, at: datetime, now: datetime, timezone: str = "UT
 class BudgetBook:
     """Spend per budget, for the events one worker owns (one partition's sessions, or more)."""
 
-    def __init__(self, loader: Callable[[str], Mapping[str, Any] | None] | None = None) -> None:
+    def __init__(self, loader: Callable[[str], BudgetState | Mapping[str, Any] | None] | None = None) -> None:
         self.states: dict[str, BudgetState] = {}
         self.dirty: dict[str, Any] = {}
         """Changed keys since the last `take_dirty`, each with the caller's tag (e.g. a partition)."""
         self._loader = loader
-        """Reads a state missing from memory (e.g. restored from a changelog)."""
+        """Reads a state missing from memory (e.g. restored from a changelog): its JSON form, or
+        a BudgetState the book may change in place (the loader's own parsed copy)."""
 
     def load(self, key: str, data: Mapping[str, Any] | None) -> None:
         if data is None:
@@ -304,7 +305,11 @@ class BudgetBook:
         state = self.states.get(key)
         if state is None:
             data = self._loader(key) if self._loader is not None else None
-            state = self.states[key] = BudgetState.from_json(data) if data is not None else BudgetState()
+            if isinstance(data, BudgetState):
+                state = data
+            else:
+                state = BudgetState.from_json(data) if data is not None else BudgetState()
+            self.states[key] = state
         return state
 
     def apply(

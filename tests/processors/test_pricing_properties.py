@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.pricing import price_event
+from processors.pricing import PricingError, price_event
 from processors.ratecard import Discount, ModelRate, RateCard
-from schemas.events import MAX_TOKENS, CostEvent
+from schemas.events import MAX_MONEY, MAX_TOKENS, CostEvent, PricedEvent
 from tests.processors.conftest import cost_event
 
 pytestmark = pytest.mark.unit
@@ -70,6 +70,25 @@ def test_rate_card_cost_is_the_cards_arithmetic_to_12_places(
     assert priced.price_source == "rate-card" and not priced.unpriced
     # the parts are rounded on their own: they add up to the cost within one unit of rounding each
     assert abs(priced.input_cost + priced.output_cost - priced.cost) <= 2 * Q
+    # built without validation, the priced event is one validation accepts unchanged
+    assert PricedEvent.model_validate(priced.model_dump()) == priced
+
+
+@given(st.integers(1, MAX_TOKENS), st.decimals(min_value=1, max_value=1_000_000, places=3))
+def test_a_price_the_contract_cannot_carry_is_an_error_never_a_wrong_amount(count: int, per_mtok: Decimal) -> None:
+    try:
+        priced = price_event(event(input_tokens=count, output_tokens=0), rate_card=card(per_mtok, per_mtok), now=NOW)
+    except PricingError as exc:
+        assert count * per_mtok / Decimal(1_000_000) > MAX_MONEY
+        assert "cost" in str(exc) and str(MAX_MONEY) in str(exc)
+    else:
+        assert priced.cost == (count * per_mtok / Decimal(1_000_000)).quantize(Q, rounding=ROUND_HALF_EVEN)
+        assert priced.cost <= MAX_MONEY
+
+
+def test_pricing_refuses_a_naive_now() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        price_event(event(), now=datetime(2026, 1, 1))
 
 
 @given(small_tokens, small_tokens, small_tokens, small_tokens, prices, prices, st.sampled_from(["card", "fallback"]))

@@ -88,6 +88,30 @@ def test_a_priced_event_keeps_every_decimal(raw: dict[str, Any], cost: Decimal, 
     assert back == priced
 
 
+def _orjson_encoding(model: Any) -> bytes:
+    """The wire format as it was written before pydantic-core's serializer took over: readers
+    (webhook receivers, DLQ tools) must see the same bytes."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return str(value)
+        if isinstance(value, (set, frozenset, tuple)):
+            return list(value)
+        raise TypeError(type(value).__name__)
+
+    return orjson.dumps(model.model_dump(mode="python", exclude_none=True), default=default)
+
+
+@given(raw_events(), money, money, instants)
+def test_the_wire_bytes_are_what_orjson_wrote(
+    raw: dict[str, Any], cost: Decimal, list_cost: Decimal, at: datetime
+) -> None:
+    event = CostEvent.model_validate(raw)
+    priced = PricedEvent(event=event, cost=cost, list_cost=list_cost, price_source="s", price_version="v", priced_at=at)
+    assert encode(event) == _orjson_encoding(event)
+    assert encode(priced) == _orjson_encoding(priced)
+
+
 BREAKS = st.sampled_from(
     [
         ("input_tokens", -1),
