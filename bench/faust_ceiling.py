@@ -7,7 +7,7 @@ pipeline benchmark's N events, pre-produced to fresh topics:
   parses each value with orjson: faust's consume path, the ceiling of any faust worker here;
 - `send`: the same plus one priced-events record per event, sent as the worker sends (per source
   partition, in its transaction, delivery awaited per batch): the consume + produce ceiling;
-- `full`: the worker's own `handle_batch`.
+- `full`: the worker's own `prepare_batch` (delivery awaited as the worker does).
 
 The child times its own handler calls (first batch in to N events handled), so faust's commit
 interval does not blur the rate; bench.pipeline measures the visible (committed) rate.
@@ -50,14 +50,14 @@ def child(variant: str, n: int, out: Path) -> None:
     ledger.policies.start()
     seen = 0
     first = cpu_first = 0.0
-    full = ledger.handle_batch
+    full = ledger.prepare_batch
 
-    async def handle(events: Any) -> None:
+    async def prepare(events: Any) -> list[Any]:
         nonlocal seen, first, cpu_first
         if not first:
             first, cpu_first = time.perf_counter(), time.process_time()
         if variant == "full":
-            await full(events)
+            futures = await full(events)
         else:
             outbox: Outbox = {}
             for ev in events:
@@ -65,13 +65,14 @@ def child(variant: str, n: int, out: Path) -> None:
                 orjson.loads(msg.value)
                 if variant == "send":
                     put(outbox, msg.partition, ledger.priced_name, msg.key, msg.value)
-            await ledger._send_outbox(outbox, ledger.source_name)
+            futures = await ledger._append_outbox(outbox, ledger.source_name)
         seen += len(events)
         if seen >= n and not out.exists():
             cpu = time.process_time() - cpu_first  # every thread of the worker
             out.write_text(json.dumps({"seconds": time.perf_counter() - first, "cpu_seconds": cpu, "events": seen}))
+        return futures
 
-    ledger.handle_batch = handle  # type: ignore[method-assign]
+    ledger.prepare_batch = prepare  # type: ignore[method-assign]
     worker = faust.Worker(ledger.app, loglevel="warning", quiet=True)
     worker.spinner = None
     try:

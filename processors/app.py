@@ -38,7 +38,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -317,7 +317,8 @@ class SignalPublisher:
 
 async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIterator[list[faust.EventT]]:
     """The stream's events in batches of what has arrived: a batch is yielded as soon as the stream's
-    queue is empty (or it holds `max_events`, or `within` seconds passed), and acked once processed.
+    queue is empty (or it holds `max_events`, or `within` seconds passed). The caller acks each
+    event once its batch is processed and its outputs delivered (`LedgerApp._deliver_batch`).
 
     faust's `take_events` waits `within` seconds for a batch to fill whenever fewer than `max_events`
     are queued: on a quiet stream that delay (10 ms here) was most of a signal's latency. Here a lone
@@ -325,9 +326,9 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
     (mostly while its records are on their way to the broker), so under load a batch is what
     arrived during the previous one: it was what arrived in a 2 ms wait after it, about 50 events
     at 50,000 queued (bench.pipeline), and per-batch costs (sends, delivery round trips, one
-    changelog record per key) were paid for each of those. Acking after processing, as
-    `take_events` does, is what keeps a batch's offsets out of a commit until its outputs are sent;
-    events of the next batch are not acked, and come after the acked ones in their partitions.
+    changelog record per key) were paid for each of those. Acking after delivery (`take_events`
+    acks after processing) is what keeps a batch's offsets out of a commit until its outputs are
+    sent; events of the next batch are not acked, and come after the acked ones in their partitions.
     """
     events: list[faust.EventT] = []
     ready = asyncio.Event()  # the batch may go: see `add`
@@ -368,11 +369,7 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
             busy = len(batch) >= BUSY_FROM_EVENTS
             ready.clear()
             room.set()
-            try:
-                yield batch
-            finally:
-                for event in batch:
-                    await stream.ack(event)
+            yield batch
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add)
@@ -562,9 +559,10 @@ class LedgerApp:
         if self.preview is not None:
             self.preview.set_owned(frozenset(tp.partition for tp in assigned if tp.topic == self.scope_name))
 
-    async def _send_outbox(self, outbox: Outbox, source: str) -> None:
-        """Send a batch's records, each source partition's in its transaction (exactly-once), else plainly,
-        and wait for their delivery, so an error stops the worker before the batch's offsets are acked.
+    async def _append_outbox(self, outbox: Outbox, source: str) -> list[Any]:
+        """Hand a batch's records to the producer, each source partition's in its transaction
+        (exactly-once), else plainly; returns their delivery futures, to be awaited before the batch's
+        offsets are acked, so an error stops the worker first.
 
         faust's own Topic.send derives the transactional id from the *consumer's* metadata for the
         output topic; for a topic the worker does not consume (priced-events, the DLQ) that is
@@ -594,36 +592,92 @@ class LedgerApp:
             client = cast(Any, await app.maybe_start_producer())._ensure_producer()
             for records in outbox.values():
                 await _append_records(client, records, futures)
+        return futures
+
+    async def _send_outbox(self, outbox: Outbox, source: str) -> None:
+        """`_append_outbox`, then wait for the delivery of every record."""
+        futures = await self._append_outbox(outbox, source)
         if futures:
             await asyncio.gather(*futures)
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        await self._run_batches(stream, self.handle_batch)
+        await self._run_batches(stream, self.prepare_batch)
 
     async def _scope_agent(self, stream: faust.StreamT) -> None:
-        await self._run_batches(stream, self.handle_scope_batch)
+        await self._run_batches(stream, self.prepare_scope_batch)
 
-    async def _run_batches(self, stream: faust.StreamT, handle: Callable[[Sequence[faust.EventT]], Any]) -> None:
-        gated = self.app.in_transaction
+    async def _run_batches(
+        self, stream: faust.StreamT, prepare: Callable[[Sequence[faust.EventT]], Awaitable[list[Any]]]
+    ) -> None:
+        """Process batches one after another, each one's delivery overlapping the next one's work.
+
+        A batch is prepared (state updated in memory, its records handed to the producer), then
+        its delivery is awaited in a task of its own while the next batch is prepared: the agent
+        waited for the broker a quarter of its time (10 ms per batch in bench.pipeline under load).
+        At most two batches are out at once: the next waits for the one before it to be delivered.
+        A batch holds the commit gate from before its preparation until it is delivered and acked,
+        so a commit never holds part of it; its events are acked only once delivered, so faust's
+        wait for unacked messages at a rebalance waits for it too. A failure exits the process (see
+        `_batch_failed`).
+        """
+        gate = eos.commit_gate(self.app) if self.app.in_transaction else None
+        delivering: asyncio.Task[None] | None = None
         async for events in drain_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
+            if gate is not None:  # a commit must never split a batch (processors.eos.CommitGate)
+                await gate.enter_batch()
             try:
-                if gated:  # a commit must never split a batch (processors.eos.CommitGate)
-                    async with eos.batch(self.app, stream, events):
-                        await handle(events)
-                else:
-                    await handle(events)
+                futures = await prepare(events)
             except Exception:
-                if self.app.should_stop:
-                    raise  # shutting down: nothing more will be processed by this process
-                # The memory stores already hold this batch's dedupe ids and budgets, but its
-                # transaction will never commit. faust would restart the agent on that state and
-                # drop the batch's events as repeats; exiting makes the restart rebuild the state
-                # from the committed changelog instead (the supervisor restarts the process).
-                log.critical("batch failed; exiting so state is rebuilt from the changelog", exc_info=True)
-                self.signals.flush(2.0)
-                os._exit(EXIT_STATE_UNSAFE)
+                if gate is not None:
+                    await gate.leave_batch()
+                self._batch_failed()
+                raise
+            if delivering is not None:
+                await delivering
+            delivering = asyncio.create_task(self._deliver_batch(stream, events, futures, gate))
+
+    async def _deliver_batch(
+        self, stream: faust.StreamT, events: Sequence[faust.EventT], futures: list[Any], gate: eos.CommitGate | None
+    ) -> None:
+        try:
+            if futures:
+                await asyncio.gather(*futures)
+            for event in events:
+                await stream.ack(event)
+        except Exception:
+            self._batch_failed()
+            raise
+        finally:
+            if gate is not None:
+                await gate.leave_batch()
+
+    def _batch_failed(self) -> None:
+        """A batch could not be processed or delivered: exit, unless the worker is stopping anyway.
+
+        The memory stores already hold the batch's dedupe ids and budgets, but its transaction will
+        never commit. faust would restart the agent on that state and drop the batch's events as
+        repeats; exiting makes the restart rebuild the state from the committed changelog instead
+        (the supervisor restarts the process)."""
+        if self.app.should_stop:
+            return  # shutting down: nothing more will be processed by this process
+        log.critical("batch failed; exiting so state is rebuilt from the changelog", exc_info=True)
+        self.signals.flush(2.0)
+        os._exit(EXIT_STATE_UNSAFE)
 
     async def handle_batch(self, events: Sequence[faust.EventT]) -> None:
+        """Process a batch and wait for its records' delivery (`prepare_batch` + the wait)."""
+        futures = await self.prepare_batch(events)
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def handle_scope_batch(self, events: Sequence[faust.EventT]) -> None:
+        futures = await self.prepare_scope_batch(events)
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def prepare_batch(self, events: Sequence[faust.EventT]) -> list[Any]:
+        """Validate, dedupe, price and budget a batch of cost events, and hand its records to the
+        producer; returns their delivery futures."""
         now = self.now()
         now_s = now.timestamp()
         policies = self.policies.current
@@ -689,7 +743,7 @@ class LedgerApp:
                 record = orjson.dumps({"sv": sval, "items": items[i : i + SCOPE_ITEMS_PER_RECORD]})
                 put(outbox, partition, self.scope_name, sval.encode(), record, to_partition=None)
         self._write_dirty(outbox, self.book, self.budgets, self.budgets_changelog, self._parsed_budgets)
-        await self._send_outbox(outbox, self.source_name)
+        return await self._append_outbox(outbox, self.source_name)
 
     def _write_dirty(
         self,
@@ -788,7 +842,7 @@ class LedgerApp:
                 out.append((c.policy.policy_id.encode(), encode(make_alert(c, now=now))))
         return out
 
-    async def handle_scope_batch(self, events: Sequence[faust.EventT]) -> None:
+    async def prepare_scope_batch(self, events: Sequence[faust.EventT]) -> list[Any]:
         """Budgets wider than a session, from the usage records of every session's worker.
 
         Each scope value is one key of `scope-usage`, so one partition and one owner: its spend
@@ -830,7 +884,7 @@ class LedgerApp:
             with self.preview.lock:  # the preview never sees the new state without the progress
                 self._write_dirty(outbox, self.scope_book, self.scope_budgets, self.scope_changelog)
                 self.preview.handled(progress)
-        await self._send_outbox(outbox, self.scope_name)
+        return await self._append_outbox(outbox, self.scope_name)
 
     def _dead_letter(self, outbox: Outbox, msg: Any, rejection: Rejection, now: datetime) -> None:
         raw: bytes = msg.value or b""

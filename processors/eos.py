@@ -102,17 +102,24 @@ class CommitGate:
         self._committing = False
         self._commits_waiting = 0
 
-    @asynccontextmanager
-    async def batch(self) -> AsyncIterator[None]:
+    async def enter_batch(self) -> None:
+        """A batch starts; every `enter_batch` is followed by one `leave_batch`, in any task."""
         async with self._cond:
             await self._cond.wait_for(lambda: not self._committing and not self._commits_waiting)
             self._batches += 1
+
+    async def leave_batch(self) -> None:
+        async with self._cond:
+            self._batches -= 1
+            self._cond.notify_all()
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        await self.enter_batch()
         try:
             yield
         finally:
-            async with self._cond:
-                self._batches -= 1
-                self._cond.notify_all()
+            await self.leave_batch()
 
     @asynccontextmanager
     async def commit(self) -> AsyncIterator[None]:
