@@ -93,6 +93,14 @@ def check_dedup_token(token: str) -> str:
     return token
 
 
+def base_type(type_name: str) -> str:
+    """A column type without its Nullable / LowCardinality wrappers."""
+    for wrapper in ("Nullable(", "LowCardinality("):
+        while type_name.startswith(wrapper):
+            type_name = type_name[len(wrapper) : -1]
+    return type_name
+
+
 def format_datetime(value: datetime) -> str:
     """UTC, microseconds, no zone suffix: what DateTime64(6, 'UTC') parses on every setting."""
     if value.tzinfo is not None:

@@ -10,8 +10,10 @@ tests/api/clickhouse_http.py for which parts of the protocol that covers).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import clickhouse_connect
@@ -21,6 +23,7 @@ from api.warehouse import (
     Params,
     Row,
     WarehouseError,
+    base_type,
     bind_value,
     check_dedup_token,
     check_identifier,
@@ -54,6 +57,28 @@ def _utc(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _decimal(value: Any) -> Any:
+    return Decimal(value) if isinstance(value, str) else value
+
+
+def _datetime(value: Any) -> Any:
+    return _utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+def insert_converter(type_name: str) -> Callable[[Any], Any]:
+    """How a value is handed to clickhouse-connect for a column of `type_name`.
+
+    The sink's rows carry Decimals and datetimes as the JSON text they came in (chDB parses
+    that text itself); clickhouse-connect writes Native and wants Python values, so that text
+    is turned into `Decimal` (exact) and an aware datetime here."""
+    base = base_type(type_name)
+    if base.startswith("Decimal"):
+        return _decimal
+    if base.startswith("DateTime"):
+        return _datetime
+    return _utc
 
 
 def _wrap(exc: Exception) -> WarehouseError:
@@ -118,16 +143,26 @@ class ClickHouseWarehouse:
         if dedup_token is not None:
             settings["insert_deduplication_token"] = check_dedup_token(dedup_token)
         try:
+            types = self._column_types(database, table, columns)
+        except ClickHouseError as exc:
+            raise _wrap(exc) from exc
+        converters = [insert_converter(t) for t in types]
+        try:
+            data = [[convert(v) for convert, v in zip(converters, r, strict=True)] for r in rows]
             self._client.insert(
                 check_identifier(table),
-                [[_utc(v) for v in r] for r in rows],
+                data,
                 column_names=list(columns),
                 database=check_identifier(database),
-                column_type_names=self._column_types(database, table, columns),
+                column_type_names=types,
                 settings=settings,
             )
         except ClickHouseError as exc:
             raise _wrap(exc) from exc
+        except (ValueError, TypeError, ArithmeticError, struct.error) as exc:
+            # a value the column cannot hold, found before it was sent (chDB finds it when it
+            # parses): the data's fault, so not worth retrying
+            raise WarehouseError(f"cannot insert into {database}.{table}: {exc!r}") from exc
         return len(rows)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 from api.migrations import load_migrations
 from api.sink import PRICED_EVENT_COLUMNS, aligned_chunks, dedup_token, priced_event_row
 from api.warehouse import WarehouseError, bind_value, check_dedup_token, error_from_message
-from api.warehouse.chdb import decode_json_result, encode_json_each_row
+from api.warehouse.chdb import decode_json_result, encode_json_compact_each_row
 
 pytestmark = pytest.mark.unit
 
@@ -43,9 +43,19 @@ def test_decode_json_result_keeps_decimals_exact():
     assert row["z"] == Decimal(3) and isinstance(row["z"], Decimal)
 
 
-def test_encode_json_each_row_sends_decimals_as_strings():
-    body = encode_json_each_row(("c", "t", "m"), [(Decimal("1E-12"), datetime(2026, 1, 1, tzinfo=UTC), {"k": "v"})])
-    assert orjson.loads(body) == {"c": "0.000000000001", "t": "2026-01-01 00:00:00.000000", "m": {"k": "v"}}
+def test_encode_json_compact_each_row_sends_decimals_as_strings():
+    plus_two = timezone(timedelta(hours=2))
+    body = encode_json_compact_each_row(
+        [
+            (Decimal("1E-12"), datetime(2026, 1, 1, tzinfo=UTC), {"k": "v"}),
+            ("0E-12", datetime(2026, 1, 1, 14, 0, 0, 5, tzinfo=plus_two), None),
+        ]
+    )
+    lines = body.split(b"\n")
+    assert [orjson.loads(line) for line in lines] == [
+        ["0.000000000001", "2026-01-01T00:00:00+00:00", {"k": "v"}],
+        ["0E-12", "2026-01-01T14:00:00.000005+02:00", None],
+    ]
 
 
 def test_error_codes_decide_retry():
