@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import os
 import signal
 import threading
@@ -70,6 +71,7 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "cost", "list_cost", "currency", "price_version", "unpriced", "kafka_topic", "kafka_partition", "kafka_offset",
 )  # fmt: skip
 _LEDGER_INDEX = tuple(PRICED_EVENT_COLUMNS.index(c) for c in LEDGER_COLUMNS)
+_ledger_values = operator.itemgetter(*_LEDGER_INDEX)  # one C call per row, not a generator
 
 _PRICE_FIELDS = ("cost", "list_cost", "input_cost", "output_cost", "currency", "price_source", "price_version",
                  "unpriced", "late", "clamped")  # fmt: skip
@@ -182,7 +184,8 @@ def priced_event_row(priced: PricedEvent, topic: str, partition: int, offset: in
 
 def ledger_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """The `event_ledger` row (LEDGER_COLUMNS order) of a `priced_events` row."""
-    return tuple(row[i] for i in _LEDGER_INDEX)
+    values: tuple[Any, ...] = _ledger_values(row)
+    return values
 
 
 def first_seen(rows: Sequence[tuple[Any, ...]], known: set[str]) -> list[tuple[Any, ...]]:

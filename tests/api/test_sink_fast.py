@@ -114,9 +114,10 @@ def priced_events(draw: st.DrawFn) -> PricedEvent:
     )
 
 
-@pytest.fixture(scope="module")
-def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbWarehouse]:
-    wh = ChdbWarehouse(Path(tmp_path_factory.mktemp("fast-chdb")))
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Iterator[ChdbWarehouse]:
+    # per test, closed at its end: a process opens one chDB folder at a time
+    wh = ChdbWarehouse(tmp_path / "chdb")
     migrate(wh, DATABASE)
     # priced_events' columns in a table that keeps every row: priced_events itself replaces
     # rows of one event_id in the background, and generated ids repeat
@@ -153,7 +154,12 @@ def _both_paths(wh: ChdbWarehouse, events: list[PricedEvent]) -> tuple[list[dict
 
 
 @pytest.mark.unit
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    # one warehouse for every example is the point: each example lands under topics of its own
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(events=st.lists(priced_events(), min_size=1, max_size=25))
 def test_the_fast_row_lands_as_the_model_row(warehouse, events):
     fast, model = _both_paths(warehouse, events)
@@ -180,6 +186,28 @@ def test_datetimes_without_a_fraction_keep_their_second(warehouse, priced_event_
     assert fast == model
     assert [r["occurred_at"] for r in fast] == [whole, whole + timedelta(microseconds=999_999)]
     assert [r["received_at"] for r in fast] == [whole + timedelta(microseconds=1), None]
+
+
+@pytest.mark.unit
+def test_python_values_still_encode(warehouse):
+    # what other callers and the model's path insert: Decimals, aware datetimes in any zone, naive
+    # ones (UTC), maps, None
+    plus_two = timezone(timedelta(hours=2))
+    wh = warehouse
+    wh.command(f"CREATE TABLE IF NOT EXISTS {DATABASE}.values (c Decimal(38, 12), n Nullable(Decimal(38, 12)), "
+               "t DateTime64(6, 'UTC'), u DateTime64(6, 'UTC'), m Map(String, String), i UInt64) "
+               "ENGINE = MergeTree ORDER BY i")  # fmt: skip
+    rows = [
+        (Decimal("1E-12"), None, datetime(2026, 3, 1, 14, 0, 0, 7, tzinfo=plus_two), datetime(2026, 3, 1), {}, 1),
+        (Decimal("-123456789.5"), Decimal(0), datetime(2026, 3, 1, 23, 30, tzinfo=UTC), datetime(2026, 3, 1, 0, 0, 1), {"a\\'\"": "é"}, 2),
+    ]  # fmt: skip
+    wh.insert(DATABASE, "values", ("c", "n", "t", "u", "m", "i"), rows)
+    got = wh.query("SELECT c, n, t, u, m FROM {db:Identifier}.values ORDER BY i", {"db": DATABASE})
+    assert [tuple(r.values()) for r in got] == [
+        (Decimal("1E-12"), None, datetime(2026, 3, 1, 12, 0, 0, 7, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC), {}),
+        (Decimal("-123456789.5"), Decimal(0), datetime(2026, 3, 1, 23, 30, tzinfo=UTC),
+         datetime(2026, 3, 1, 0, 0, 1, tzinfo=UTC), {"a\\'\"": "é"}),
+    ]  # fmt: skip
 
 
 @pytest.mark.unit
@@ -259,10 +287,11 @@ def _raw(event: PricedEvent, change: Any) -> bytes:
 def test_bad_records_are_dead_lettered_with_the_models_reason_and_the_rest_lands(
     settings_factory, any_warehouse_factory, priced_event_factory, produce_priced
 ):
-    settings = settings_factory(sink_batch_seconds=0.3, auth="disabled")
+    # chunks of offsets 0-2, 3-5, 6-8: each fault is caught on its own
+    settings = settings_factory(sink_batch_rows=3, sink_batch_seconds=0.3, auth="disabled")
     wh = any_warehouse_factory(settings)
     migrate(wh, settings.database)
-    good = [priced_event_factory(cost=f"0.{i:02d}0000000001") for i in range(8)]
+    good = [priced_event_factory(cost=f"0.{i:02d}0000000001") for i in range(9)]
     records: list[PricedEvent | bytes] = [
         good[0],
         # the shape check sends these to the model
@@ -272,8 +301,9 @@ def test_bad_records_are_dead_lettered_with_the_models_reason_and_the_rest_lands
         # shaped right, values the warehouse refuses: the chunk is checked record by record
         _raw(good[4], lambda d: d["event"].update(input_tokens="lots")),
         _raw(good[5], lambda d: d.update(cost="12.5.3")),
-        good[6],
+        _raw(good[6], lambda d: d.update(cost=None)),  # not a silent 0 (input_format_null_as_default = 0)
         good[7],
+        good[8],
     ]
     produce_priced(settings, records, partition=0)
     runner = SinkThread(Sink(settings, wh))
@@ -282,13 +312,13 @@ def test_bad_records_are_dead_lettered_with_the_models_reason_and_the_rest_lands
     finally:
         runner.stop()
     assert runner.error is None
-    assert runner.sink.dead_letters == 4
-    letters = _letters(settings, 4)
-    assert [(d.offset, d.error_code) for d in letters] == [(o, "invalid_priced_event") for o in (1, 2, 4, 5)]
-    for letter, field in zip(letters, ("prompt", "session_id", "input_tokens", "cost"), strict=True):
+    assert runner.sink.dead_letters == 5
+    letters = _letters(settings, 5)
+    assert [(d.offset, d.error_code) for d in letters] == [(o, "invalid_priced_event") for o in (1, 2, 4, 5, 6)]
+    for letter, field in zip(letters, ("prompt", "session_id", "input_tokens", "cost", "cost"), strict=True):
         assert field in letter.reason
         assert letter.partition == 0
-    landed = [good[i] for i in (0, 3, 6, 7)]
+    landed = [good[i] for i in (0, 3, 7, 8)]
     assert _total(wh, settings.database) == (4, sum(e.cost for e in landed))
     [raw] = wh.query("SELECT count() AS n FROM {db:Identifier}.priced_events", {"db": settings.database})
     assert raw["n"] == 4

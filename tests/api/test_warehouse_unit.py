@@ -104,3 +104,28 @@ def test_clickhouse_url_selects_the_server_adapter_and_a_dead_server_is_retryabl
         open_warehouse(settings)
     assert info.value.retryable
     assert not (tmp_path / "unused").exists()  # chDB was not opened
+
+
+def test_the_server_adapter_refuses_what_a_column_cannot_hold_before_sending():
+    # clickhouse-connect failing mid-body reads as a lost connection, retried for ever
+    from api.warehouse.clickhouse import insert_converter
+
+    money, when = insert_converter("Decimal(38, 12)"), insert_converter("Nullable(DateTime64(6, 'UTC'))")
+    assert money("0E-12") == Decimal(0) and isinstance(money("1.5"), Decimal)
+    assert when("2026-03-01T14:00:00.000005+02:00") == datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC)
+    assert when(None) is None
+    assert insert_converter("LowCardinality(Nullable(String))")(None) is None
+    refused = [
+        ("Decimal(38, 12)", "1.5e400"),
+        ("Decimal(38, 12)", "12.5.3"),
+        ("Decimal(38, 12)", None),
+        ("UInt32", 2**32),
+        ("UInt64", -3),
+        ("UInt64", "5"),
+        ("FixedString(32)", "a" * 33),
+        ("Map(LowCardinality(String), String)", {"k": 1}),
+        ("DateTime64(6, 'UTC')", "garbage"),
+    ]
+    for type_name, value in refused:
+        with pytest.raises((ValueError, TypeError, ArithmeticError)):
+            insert_converter(type_name)(value)
