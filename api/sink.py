@@ -23,6 +23,7 @@ session key, so one partition (one sink) sees them all.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import operator
 import os
@@ -490,6 +491,11 @@ class Sink:
             {"bootstrap.servers": self.settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True}
         )
         self._consumer.subscribe([self.topic], on_revoke=self._on_revoke)
+        # What is alive by now lives as long as the process (modules, models, the engine's
+        # bindings): out of the collector's full passes, which a batch's rows set off every
+        # few thousand allocations and which would walk it all each time.
+        gc.collect()
+        gc.freeze()
         batch_rows = self.settings.sink_batch_rows
         batch_started: float | None = None
         try:

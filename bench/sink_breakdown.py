@@ -18,6 +18,7 @@ encoder. Stages, each a median of `repeats` runs, in µs per event:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -134,8 +135,8 @@ def _sink_stages(blobs: list[tuple[bytes, bytes]]) -> dict[str, float]:
     return out
 
 
-def _row_stages(values: list[bytes]) -> dict[str, float]:
-    """Seconds of the model path's and the fast path's steps over all of `values`."""
+def _model_stages(values: list[bytes]) -> dict[str, float]:
+    """Seconds of the model path's steps over all of `values`."""
     from api import sink as sinkmod
     from api.warehouse.chdb import encode_json_compact_each_row
     from schemas import codec
@@ -145,6 +146,15 @@ def _row_stages(values: list[bytes]) -> dict[str, float]:
     out["model_decode"], priced = _timed(lambda: [codec.decode(PricedEvent, v) for v in values])
     out["model_row"], rows = _timed(lambda: [sinkmod.priced_event_row(p, "t", 0, i) for i, p in enumerate(priced)])
     out["model_encode"] = _timed(lambda: encode_json_compact_each_row(rows))[0]
+    return out
+
+
+def _fast_stages(values: list[bytes]) -> dict[str, float]:
+    """Seconds of the fast path's steps over all of `values`."""
+    from api import sink as sinkmod
+    from api.warehouse.chdb import encode_json_compact_each_row
+
+    out: dict[str, float] = {}
     out["fast_loads"], docs = _timed(lambda: [orjson.loads(v) for v in values])
     out["fast_check"], ok = _timed(lambda: [sinkmod.fast_shape_ok(d) for d in docs])
     assert all(ok)
@@ -156,7 +166,17 @@ def _row_stages(values: list[bytes]) -> dict[str, float]:
 def run(n: int = 20_000, repeats: int = 3) -> dict[str, Any]:
     blobs = priced_blobs(n)
     values = [v for _, v in blobs]
-    runs = [{**_row_stages(values), **_sink_stages(blobs)} for _ in range(repeats)]
+    gc.collect()
+    gc.freeze()  # as Sink.run does: what lives as long as the process stays out of full passes
+    runs = []
+    for _ in range(repeats):
+        # one stage's objects gone before the next: the collector would walk them all
+        gc.collect()
+        model = _model_stages(values)
+        gc.collect()
+        fast = _fast_stages(values)
+        gc.collect()
+        runs.append({**model, **fast, **_sink_stages(blobs)})
     us = {name: round(median([r[name] for r in runs]) / n * 1e6, 1) for name in runs[0]}
     us["model_path"] = round(us["model_decode"] + us["model_row"] + us["model_encode"], 1)
     us["fast_path"] = round(us["fast_loads"] + us["fast_check"] + us["fast_row"] + us["fast_encode"], 1)
