@@ -18,6 +18,15 @@ process killed anywhere in between is repaired by the replay: it finds the ledge
 earlier attempt at the same offsets wrote and rolls up each of their tokens not yet recorded
 (a rollup block that had landed is dropped by the engine as a repeat). Duplicates share the
 session key, so one partition (one sink) sees them all.
+
+A record shaped as the worker writes it (`fast_shape_ok`: the models' own field sets) becomes
+its row straight from `orjson.loads`, values as they came (Decimals as the worker's strings,
+datetimes as its ISO 8601 text), which the warehouse parses as it parses the model's values;
+anything else goes through the pydantic model, which dead-letters it with its reason. Should
+the warehouse refuse a chunk (a value it cannot store), the model checks the chunk's records
+one by one: those it rejects are dead-lettered as above, the rest are inserted as the model
+renders them under the chunk's token. That depends on the records only, so a replay of the
+same offsets sends the same block.
 """
 
 from __future__ import annotations
