@@ -323,8 +323,8 @@ class Sink:
             doc = orjson.loads(msg.value() or b"")
         except orjson.JSONDecodeError:
             doc = None
-        # The fast path skips pydantic (about 30 µs of a record's 45 µs in Python); anything
-        # not shaped like what the worker writes takes the model's path, which names the fault.
+        # The fast path skips pydantic: 9 µs a record instead of 28 (bench/sink_breakdown.py).
+        # Anything not shaped as the worker writes takes the model's path, which names the fault.
         row: tuple[Any, ...] | None = None
         if fast_shape_ok(doc):
             row = fast_row(doc, topic, partition, offset)
