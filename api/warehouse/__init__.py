@@ -74,6 +74,10 @@ class Warehouse(Protocol):
     ) -> int:
         """Insert rows (tuples in `columns` order) as one block; returns the rows sent.
 
+        A Decimal or DateTime value may also come as its text, as JSON carries it: a decimal
+        string ('0E-12', '1.5') or ISO 8601 with an offset ('2026-03-01T12:00:53+00:00').
+        A value its column cannot hold is a WarehouseError that is not retryable.
+
         With `dedup_token`, a second insert carrying the same token is dropped by the
         engine (needs `non_replicated_deduplication_window` > 0 on the table)."""
         ...
@@ -91,6 +95,14 @@ def check_dedup_token(token: str) -> str:
     if not DEDUP_TOKEN.match(token):
         raise WarehouseError(f"not a valid deduplication token: {token!r}")
     return token
+
+
+def base_type(type_name: str) -> str:
+    """A column type without its Nullable / LowCardinality wrappers."""
+    for wrapper in ("Nullable(", "LowCardinality("):
+        while type_name.startswith(wrapper):
+            type_name = type_name[len(wrapper) : -1]
+    return type_name
 
 
 def format_datetime(value: datetime) -> str:

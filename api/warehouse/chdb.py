@@ -6,6 +6,7 @@ chDB returns Decimal columns as JSON numbers; they are parsed straight into `Dec
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Sequence
@@ -22,23 +23,16 @@ from api.warehouse import (
     Row,
     WarehouseError,
     WarehouseLocked,
+    base_type,
     bind_params,
     check_dedup_token,
     check_identifier,
     error_from_message,
-    format_datetime,
 )
 
 
-def _unwrap(type_name: str) -> str:
-    for wrapper in ("Nullable(", "LowCardinality("):
-        while type_name.startswith(wrapper):
-            type_name = type_name[len(wrapper) : -1]
-    return type_name
-
-
 def _converter(type_name: str) -> Any:
-    base = _unwrap(type_name)
+    base = base_type(type_name)
     if base.startswith("Decimal"):
         return lambda v: v if isinstance(v, Decimal) else Decimal(str(v))
     if base.startswith(("Int", "UInt")):
@@ -73,16 +67,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def encode_json_each_row(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
-    """JSONEachRow body: Decimals as strings, datetimes as UTC text, maps as objects."""
-    out = bytearray()
-    for row in rows:
-        record = {
-            col: format_datetime(v) if isinstance(v, datetime) else v for col, v in zip(columns, row, strict=True)
-        }
-        out += orjson.dumps(record, default=_json_default)
-        out += b"\n"
-    return bytes(out)
+INSERT_SETTINGS = "date_time_input_format = 'best_effort', input_format_null_as_default = 0"
+"""Settings of every insert. best_effort reads the ISO 8601 text orjson writes for a datetime
+('2026-03-01T12:00:00.5+00:00', or without a fraction when it is zero) and the text the sink
+passes through from the wire, offset and all, to the microsecond. null_as_default = 0 makes a
+null in a column that is not Nullable an error instead of a silent 0 (a missing cost)."""
+
+
+def encode_json_compact_each_row(rows: Sequence[Sequence[Any]]) -> bytes:
+    """JSONCompactEachRow body, one array per row in column order: values that are already
+    JSON (the sink's rows straight from the wire) pass through; Decimals become strings,
+    datetimes ISO 8601 text (naive ones are read as UTC), maps objects."""
+    # one orjson call per row, the default passed positionally: a partial or a dict per row
+    # would cost as much again
+    return b"\n".join(map(orjson.dumps, rows, itertools.repeat(_json_default)))
 
 
 class ChdbWarehouse:
@@ -127,14 +125,14 @@ class ChdbWarehouse:
         # send_insert takes no parameters: identifiers and the token are checked against
         # strict patterns instead, and the data travels apart from the SQL text.
         cols = ", ".join(f"`{check_identifier(c)}`" for c in columns)
-        sql = f"INSERT INTO `{check_identifier(database)}`.`{check_identifier(table)}` ({cols})"
+        sql = f"INSERT INTO `{check_identifier(database)}`.`{check_identifier(table)}` ({cols}) SETTINGS {INSERT_SETTINGS}"
         if dedup_token is not None:
-            sql += f" SETTINGS insert_deduplication_token = '{check_dedup_token(dedup_token)}'"
-        body = encode_json_each_row(columns, rows)
+            sql += f", insert_deduplication_token = '{check_dedup_token(dedup_token)}'"
+        body = encode_json_compact_each_row(rows)
         if self._closed:
             raise WarehouseError("warehouse is closed")
         try:
-            with self._lock, self._session.send_insert(sql, "JSONEachRow") as inserter:
+            with self._lock, self._session.send_insert(sql, "JSONCompactEachRow") as inserter:
                 inserter.append(body)
                 inserter.finish()
         except RuntimeError as exc:

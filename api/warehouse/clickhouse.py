@@ -10,8 +10,11 @@ tests/api/clickhouse_http.py for which parts of the protocol that covers).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import struct
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import clickhouse_connect
@@ -21,6 +24,7 @@ from api.warehouse import (
     Params,
     Row,
     WarehouseError,
+    base_type,
     bind_value,
     check_dedup_token,
     check_identifier,
@@ -54,6 +58,118 @@ def _utc(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+Convert = Callable[[Any], Any]
+
+
+def _decimal(precision: int, scale: int) -> Convert:
+    bound = Decimal(10) ** (precision - scale)
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+            raise TypeError(f"not a decimal: {value!r}")
+        number = Decimal(value)
+        if not abs(number) < bound:  # also refuses NaN and infinities
+            raise ValueError(f"out of range for Decimal({precision}, {scale}): {value!r}")
+        return number
+
+    return convert
+
+
+def _datetime(value: Any) -> Any:
+    value = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if not isinstance(value, datetime):
+        raise TypeError(f"not a datetime: {value!r}")
+    return _utc(value)
+
+
+def _integer(low: int, high: int) -> Convert:
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"not an integer: {value!r}")
+        if not low <= value < high:
+            raise ValueError(f"out of range [{low}, {high}): {value!r}")
+        return value
+
+    return convert
+
+
+def _text(size: int | None) -> Convert:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, (str, bytes)):
+            raise TypeError(f"not text: {value!r}")
+        if size is not None and len(value.encode() if isinstance(value, str) else value) > size:
+            raise ValueError(f"longer than FixedString({size}): {value!r}")
+        return value
+
+    return convert
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise TypeError(f"not a boolean: {value!r}")
+    return value
+
+
+def _text_map(value: Any) -> Any:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError(f"not a map of text to text: {value!r}")
+    return value
+
+
+def _text_array(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"not an array of text: {value!r}")
+    return value
+
+
+def _or_null(convert: Convert, nullable: bool) -> Convert:
+    def check(value: Any) -> Any:
+        if value is None:
+            if nullable:
+                return None
+            raise ValueError("null in a column that is not Nullable")
+        return convert(value)
+
+    return check
+
+
+_NUMBERS = re.compile(r"\d+")
+
+
+def insert_converter(type_name: str) -> Convert:
+    """How a value is checked and handed to clickhouse-connect for a column of `type_name`.
+
+    The sink's rows carry Decimals and datetimes as the JSON text they came in (chDB parses
+    that text itself); clickhouse-connect writes Native and wants Python values, so that text
+    is turned into `Decimal` (exact) and an aware datetime here. A value the column cannot hold
+    is refused here, before the request: clickhouse-connect would fail while streaming the body,
+    which reads as a lost connection (retried for ever) rather than as bad data. Covers the
+    column types of sql/; any other passes as it is."""
+    base = base_type(type_name)
+    numbers = [int(n) for n in _NUMBERS.findall(base)]
+    convert: Convert = _utc
+    if base.startswith("Decimal(") and len(numbers) == 2:
+        convert = _decimal(*numbers)
+    elif base.startswith("DateTime"):
+        convert = _datetime
+    elif re.fullmatch(r"UInt\d+", base):
+        convert = _integer(0, 2 ** numbers[0])
+    elif re.fullmatch(r"Int\d+", base):
+        convert = _integer(-(2 ** (numbers[0] - 1)), 2 ** (numbers[0] - 1))
+    elif base == "String":
+        convert = _text(None)
+    elif base.startswith("FixedString("):
+        convert = _text(numbers[0])
+    elif base == "Bool":
+        convert = _boolean
+    elif base.startswith("Map(") and base.endswith(", String)") and "String" in base.split(",")[0]:
+        convert = _text_map
+    elif base in ("Array(String)", "Array(LowCardinality(String))"):
+        convert = _text_array
+    nullable = type_name.removeprefix("LowCardinality(").startswith("Nullable(")
+    return _or_null(convert, nullable)
 
 
 def _wrap(exc: Exception) -> WarehouseError:
@@ -118,16 +234,26 @@ class ClickHouseWarehouse:
         if dedup_token is not None:
             settings["insert_deduplication_token"] = check_dedup_token(dedup_token)
         try:
+            types = self._column_types(database, table, columns)
+        except ClickHouseError as exc:
+            raise _wrap(exc) from exc
+        converters = [insert_converter(t) for t in types]
+        try:
+            data = [[convert(v) for convert, v in zip(converters, r, strict=True)] for r in rows]
             self._client.insert(
                 check_identifier(table),
-                [[_utc(v) for v in r] for r in rows],
+                data,
                 column_names=list(columns),
                 database=check_identifier(database),
-                column_type_names=self._column_types(database, table, columns),
+                column_type_names=types,
                 settings=settings,
             )
         except ClickHouseError as exc:
             raise _wrap(exc) from exc
+        except (ValueError, TypeError, ArithmeticError, struct.error) as exc:
+            # a value the column cannot hold, found before it was sent (chDB finds it when it
+            # parses): the data's fault, so not worth retrying
+            raise WarehouseError(f"cannot insert into {database}.{table}: {exc!r}") from exc
         return len(rows)
 
     def close(self) -> None:

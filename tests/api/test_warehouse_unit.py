@@ -9,7 +9,7 @@ import pytest
 from api.migrations import load_migrations
 from api.sink import PRICED_EVENT_COLUMNS, aligned_chunks, dedup_token, priced_event_row
 from api.warehouse import WarehouseError, bind_value, check_dedup_token, error_from_message
-from api.warehouse.chdb import decode_json_result, encode_json_each_row
+from api.warehouse.chdb import decode_json_result, encode_json_compact_each_row
 
 pytestmark = pytest.mark.unit
 
@@ -43,9 +43,19 @@ def test_decode_json_result_keeps_decimals_exact():
     assert row["z"] == Decimal(3) and isinstance(row["z"], Decimal)
 
 
-def test_encode_json_each_row_sends_decimals_as_strings():
-    body = encode_json_each_row(("c", "t", "m"), [(Decimal("1E-12"), datetime(2026, 1, 1, tzinfo=UTC), {"k": "v"})])
-    assert orjson.loads(body) == {"c": "0.000000000001", "t": "2026-01-01 00:00:00.000000", "m": {"k": "v"}}
+def test_encode_json_compact_each_row_sends_decimals_as_strings():
+    plus_two = timezone(timedelta(hours=2))
+    body = encode_json_compact_each_row(
+        [
+            (Decimal("1E-12"), datetime(2026, 1, 1, tzinfo=UTC), {"k": "v"}),
+            ("0E-12", datetime(2026, 1, 1, 14, 0, 0, 5, tzinfo=plus_two), None),
+        ]
+    )
+    lines = body.split(b"\n")
+    assert [orjson.loads(line) for line in lines] == [
+        ["0.000000000001", "2026-01-01T00:00:00+00:00", {"k": "v"}],
+        ["0E-12", "2026-01-01T14:00:00.000005+02:00", None],
+    ]
 
 
 def test_error_codes_decide_retry():
@@ -94,3 +104,28 @@ def test_clickhouse_url_selects_the_server_adapter_and_a_dead_server_is_retryabl
         open_warehouse(settings)
     assert info.value.retryable
     assert not (tmp_path / "unused").exists()  # chDB was not opened
+
+
+def test_the_server_adapter_refuses_what_a_column_cannot_hold_before_sending():
+    # clickhouse-connect failing mid-body reads as a lost connection, retried for ever
+    from api.warehouse.clickhouse import insert_converter
+
+    money, when = insert_converter("Decimal(38, 12)"), insert_converter("Nullable(DateTime64(6, 'UTC'))")
+    assert money("0E-12") == Decimal(0) and isinstance(money("1.5"), Decimal)
+    assert when("2026-03-01T14:00:00.000005+02:00") == datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC)
+    assert when(None) is None
+    assert insert_converter("LowCardinality(Nullable(String))")(None) is None
+    refused = [
+        ("Decimal(38, 12)", "1.5e400"),
+        ("Decimal(38, 12)", "12.5.3"),
+        ("Decimal(38, 12)", None),
+        ("UInt32", 2**32),
+        ("UInt64", -3),
+        ("UInt64", "5"),
+        ("FixedString(32)", "a" * 33),
+        ("Map(LowCardinality(String), String)", {"k": 1}),
+        ("DateTime64(6, 'UTC')", "garbage"),
+    ]
+    for type_name, value in refused:
+        with pytest.raises((ValueError, TypeError, ArithmeticError)):
+            insert_converter(type_name)(value)
