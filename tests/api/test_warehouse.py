@@ -128,6 +128,25 @@ def test_rollup_insert_with_a_token_lands_once(ready, priced_event_factory):
     assert hourly["c"] == sum(e.cost for e in events) == Decimal("1.500000000035")
 
 
+def test_a_rollup_reads_only_the_part_its_ledger_token_is_in(ready, priced_event_factory):
+    """The ledger is ordered by event_id; the bloom filter on ledger_token (sql/0013) lets a
+    rollup skip every granule of the parts other inserts wrote."""
+    settings, wh = ready
+    for token in ("old", "new"):  # two inserts, two parts
+        events = [priced_event_factory(step=i) for i in range(3)]
+        rows = [(*ledger_row(priced_event_row(e, token, 0, i)), token) for i, e in enumerate(events)]
+        wh.insert(settings.database, "event_ledger", (*LEDGER_COLUMNS, "ledger_token"), rows, dedup_token=token)
+    plan = "\n".join(
+        r["explain"]
+        for r in wh.query(
+            "EXPLAIN indexes = 1 SELECT count() FROM {db:Identifier}.event_ledger WHERE ledger_token = {t:String}",
+            {"db": settings.database, "t": "new"},
+        )
+    )
+    skip = plan[plan.index("Name: ledger_token_bf") :]
+    assert "Granules: 1/2" in skip, plan
+
+
 def test_errors_are_classified(ready):
     _settings, wh = ready
     with pytest.raises(WarehouseError) as info:
