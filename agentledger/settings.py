@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     """How often the worker commits its transactions (faust's broker_commit_interval): priced
     events, alerts and budget state become visible to read_committed readers at each commit.
     Signals never wait for it (see processors.scope_preview)."""
+    worker_data_dir: Path = Path("var/worker")
+    """faust's data folder for each worker id (its tables live in memory; faust still makes one)."""
 
     # warehouse
     clickhouse_url: str | None = Field(

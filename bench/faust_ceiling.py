@@ -3,7 +3,7 @@
 Three variants of `python -m processors.worker` (exactly-once, as deployed), each over the
 pipeline benchmark's N events, pre-produced to fresh topics:
 
-- `bare`: the agent's batches (drain_batches, acks, transactions) with a handler that only
+- `bare`: the agent's batches (the intake, acks, transactions) with a handler that only
   parses each value with orjson: faust's consume path, the ceiling of any faust worker here;
 - `send`: the same plus one priced-events record per event, sent as the worker sends (per source
   partition, in its transaction, delivery awaited per batch): the consume + produce ceiling;
@@ -52,21 +52,20 @@ def child(variant: str, n: int, out: Path) -> None:
     first = cpu_first = 0.0
     full = ledger.prepare_batch
 
-    async def prepare(events: Any) -> list[Any]:
+    async def prepare(messages: Any) -> list[Any]:
         nonlocal seen, first, cpu_first
         if not first:
             first, cpu_first = time.perf_counter(), time.process_time()
         if variant == "full":
-            futures = await full(events)
+            futures = await full(messages)
         else:
             outbox: Outbox = {}
-            for ev in events:
-                msg = ev.message
+            for msg in messages:
                 orjson.loads(msg.value)
                 if variant == "send":
                     put(outbox, msg.partition, ledger.priced_name, msg.key, msg.value)
             futures = await ledger._append_outbox(outbox, ledger.source_name)
-        seen += len(events)
+        seen += len(messages)
         if seen >= n and not out.exists():
             cpu = time.process_time() - cpu_first  # every thread of the worker
             out.write_text(json.dumps({"seconds": time.perf_counter() - first, "cpu_seconds": cpu, "events": seen}))

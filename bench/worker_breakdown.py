@@ -40,9 +40,7 @@ def run(n: int = 20_000, repeats: int = 3) -> dict[str, Any]:
     )
     records = make_events(n)
     events = [
-        types.SimpleNamespace(
-            message=types.SimpleNamespace(value=value, key=key, partition=i % 3, topic="cost-events", offset=i)
-        )
+        types.SimpleNamespace(value=value, key=key, partition=i % 3, topic="cost-events", offset=i)
         for i, (key, value) in enumerate(records)
     ]
     now = datetime.now(UTC)

@@ -49,7 +49,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from pydantic import ValidationError
 
 from agentledger.settings import Settings
-from processors import eos, fetching, metrics
+from processors import eos, fetching, intake, metrics
 from processors.budget import (
     BudgetBook,
     BudgetState,
@@ -462,6 +462,7 @@ class LedgerApp:
         self.policies = policies or PolicyWatcher(settings)
         self.signals = signals or SignalPublisher(settings)
         self.now = now
+        settings.worker_data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
         self.app = faust.App(
             settings.worker_id,
             broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
@@ -480,6 +481,7 @@ class LedgerApp:
             broker_heartbeat_interval=3.0,
             broker_commit_interval=settings.commit_interval_s,
             Monitor=fetching.LeanMonitor,
+            datadir=str(settings.worker_data_dir / "{conf.name}"),
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = self.app.topic(settings.topic(COST_EVENTS.suffix), **raw)
@@ -525,6 +527,8 @@ class LedgerApp:
             app_signals.on_partitions_revoked.connect(self._preview_revoked)
             app_signals.on_partitions_assigned.connect(self._preview_assigned)
         cast(Any, self.app).on_partitions_revoked.connect(self._forget_parsed_states)
+        self.intake = intake.Intake(self.source_name, maxsize=4 * BATCH_MAX)
+        fetching.direct(self.app, self.intake)
         fetching.install(self.app)
         self.app.timer(DEDUPE_CLEANUP_INTERVAL_S)(self._expire_dedupe)
 
@@ -601,7 +605,22 @@ class LedgerApp:
             await asyncio.gather(*futures)
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        await self._run_batches(stream, self.prepare_batch)
+        """The cost-events agent: batches from the intake (processors.intake), not from `stream`
+        (faust still subscribes the topic and assigns its partitions for this agent)."""
+        app = self.app
+        consumer = app.consumer
+        app.flow_control.manage_queue(cast(Any, self.intake))  # cleared with the stream buffers
+        gate = eos.commit_gate(app) if app.in_transaction else None
+
+        async def take() -> AsyncIterator[list[Any]]:
+            async for messages in self.intake.batches(BATCH_MAX, BUSY_FROM_EVENTS, BUSY_BATCH, BUSY_LINGER_S):
+                intake.track(consumer, messages)
+                yield messages
+
+        async def ack(messages: Sequence[Any]) -> None:
+            intake.ack(consumer, messages)
+
+        await eos.pipeline_batches(take(), self.prepare_batch, ack, gate, self._batch_failed)
 
     async def _scope_agent(self, stream: faust.StreamT) -> None:
         await self._run_batches(stream, self.prepare_scope_batch)
@@ -609,47 +628,18 @@ class LedgerApp:
     async def _run_batches(
         self, stream: faust.StreamT, prepare: Callable[[Sequence[faust.EventT]], Awaitable[list[Any]]]
     ) -> None:
-        """Process batches one after another, each one's delivery overlapping the next one's work.
-
-        A batch is prepared (state updated in memory, its records handed to the producer), then
-        its delivery is awaited in a task of its own while the next batch is prepared: the agent
-        waited for the broker a quarter of its time (10 ms per batch in bench.pipeline under load).
-        At most two batches are out at once: the next waits for the one before it to be delivered.
-        A batch holds the commit gate from before its preparation until it is delivered and acked,
-        so a commit never holds part of it; its events are acked only once delivered, so faust's
-        wait for unacked messages at a rebalance waits for it too. A failure exits the process (see
-        `_batch_failed`).
-        """
+        """The stream's batches through `prepare`, each one's delivery overlapping the next one's
+        preparation (`eos.pipeline_batches`): the agent waited for the broker a quarter of its time,
+        10 ms per batch in bench.pipeline under load. Under exactly-once a batch holds the commit
+        gate until its records are delivered and its events acked (`processors.eos.CommitGate`)."""
         gate = eos.commit_gate(self.app) if self.app.in_transaction else None
-        delivering: asyncio.Task[None] | None = None
-        async for events in drain_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
-            if gate is not None:  # a commit must never split a batch (processors.eos.CommitGate)
-                await gate.enter_batch()
-            try:
-                futures = await prepare(events)
-            except Exception:
-                if gate is not None:
-                    await gate.leave_batch()
-                self._batch_failed()
-                raise
-            if delivering is not None:
-                await delivering
-            delivering = asyncio.create_task(self._deliver_batch(stream, events, futures, gate))
 
-    async def _deliver_batch(
-        self, stream: faust.StreamT, events: Sequence[faust.EventT], futures: list[Any], gate: eos.CommitGate | None
-    ) -> None:
-        try:
-            if futures:
-                await asyncio.gather(*futures)
+        async def ack(events: Sequence[faust.EventT]) -> None:
             for event in events:
                 await stream.ack(event)
-        except Exception:
-            self._batch_failed()
-            raise
-        finally:
-            if gate is not None:
-                await gate.leave_batch()
+
+        batches = drain_batches(stream, BATCH_MAX, BATCH_WITHIN_S)
+        await eos.pipeline_batches(batches, prepare, ack, gate, self._batch_failed)
 
     def _batch_failed(self) -> None:
         """A batch could not be processed or delivered: exit, unless the worker is stopping anyway.
@@ -664,9 +654,9 @@ class LedgerApp:
         self.signals.flush(2.0)
         os._exit(EXIT_STATE_UNSAFE)
 
-    async def handle_batch(self, events: Sequence[faust.EventT]) -> None:
-        """Process a batch and wait for its records' delivery (`prepare_batch` + the wait)."""
-        futures = await self.prepare_batch(events)
+    async def handle_batch(self, messages: Sequence[Any]) -> None:
+        """Process a batch of cost-events messages and wait for its records' delivery."""
+        futures = await self.prepare_batch(messages)
         if futures:
             await asyncio.gather(*futures)
 
@@ -675,7 +665,7 @@ class LedgerApp:
         if futures:
             await asyncio.gather(*futures)
 
-    async def prepare_batch(self, events: Sequence[faust.EventT]) -> list[Any]:
+    async def prepare_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Validate, dedupe, price and budget a batch of cost events, and hand its records to the
         producer; returns their delivery futures."""
         now = self.now()
@@ -688,10 +678,9 @@ class LedgerApp:
         scope_items: dict[tuple[int, str], list[dict[str, Any]]] = {}  # (source partition, scope value)
         outbox: Outbox = {}
         signals_sent = 0
-        metrics.EVENTS_CONSUMED.inc(len(events))
+        metrics.EVENTS_CONSUMED.inc(len(messages))
         priced_count = 0
-        for ev in events:
-            msg = ev.message
+        for msg in messages:
             parsed = parse_event(msg.value)
             if isinstance(parsed, Rejection):
                 self._dead_letter(outbox, msg, parsed, now)

@@ -15,7 +15,7 @@ the ground truth computed from the input):
    commit, and after a kill -9 they are processed again (events priced twice in the 50,000-event
    test; a team budget counting an event twice). Fix: `CommitGate` - commits wait for the
    batches in flight, new batches wait for a waiting commit, and the agent acks its batch
-   inside the gate (`batch`).
+   inside the gate once its records are delivered (`pipeline_batches`; `batch` for one at a time).
 2. A commit stops at the first gap in the acked offsets (`Consumer._new_offset`), counting on
    `_drain_messages` to record the offsets it never delivers; it misses some, and a
    read_committed consumer never delivers transaction markers or aborted records, which fill
@@ -56,9 +56,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import faust.transport.consumer as faust_consumer
 import faust.transport.drivers.aiokafka as faust_aiokafka
@@ -68,6 +68,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from agentledger.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_STATE_UNSAFE = 70
 """Exit status when the state cannot be made consistent; the supervisor restarts the process."""
@@ -157,6 +158,60 @@ async def batch(app: Any, stream: Any, events: Iterable[Any]) -> AsyncIterator[N
         yield
         for event in events:
             await stream.ack(event)
+
+
+async def pipeline_batches(
+    batches: AsyncIterator[Sequence[T]],
+    prepare: Callable[[Sequence[T]], Awaitable[list[Any]]],
+    ack: Callable[[Sequence[T]], Awaitable[Any]],
+    gate: CommitGate | None,
+    failed: Callable[[], None],
+) -> None:
+    """Process batches one after another, each one's delivery overlapping the next one's work.
+
+    `prepare` does a batch's work (state updated in memory, its records handed to the producer) and
+    returns the records' delivery futures; those are awaited in a task of their own while the next
+    batch is prepared. At most two batches are out at once: the next waits for the one before it
+    to be delivered. A batch holds the commit gate from before its preparation until it is
+    delivered and its events acked, so a commit never holds part of it; its events are acked only
+    once delivered. A failure to prepare or deliver calls `failed` (which may exit the process),
+    then raises.
+    """
+    delivering: asyncio.Task[None] | None = None
+    async for events in batches:
+        if gate is not None:
+            await gate.enter_batch()
+        try:
+            futures = await prepare(events)
+        except Exception:
+            if gate is not None:
+                await gate.leave_batch()
+            failed()
+            raise
+        if delivering is not None:
+            await delivering
+        delivering = asyncio.create_task(_deliver(events, futures, ack, gate, failed))
+    if delivering is not None:
+        await delivering
+
+
+async def _deliver(
+    events: Sequence[T],
+    futures: list[Any],
+    ack: Callable[[Sequence[T]], Awaitable[Any]],
+    gate: CommitGate | None,
+    failed: Callable[[], None],
+) -> None:
+    try:
+        if futures:
+            await asyncio.gather(*futures)
+        await ack(events)
+    except Exception:
+        failed()
+        raise
+    finally:
+        if gate is not None:
+            await gate.leave_batch()
 
 
 _force_commit = faust_consumer.Consumer.force_commit

@@ -34,6 +34,9 @@ at the broker for 1.5 s (`FETCH_MAX_WAIT_MS`). bench.faust_ceiling, parse-only h
 counters, dicts keyed by topic and stream, timestamps on the message) for faust's web pages,
 which the worker does not serve (its metrics are its own, per batch). `LeanMonitor` keeps the
 Monitor's other hooks (commits, sends, end offsets) and drops the four.
+
+6. cost-events skip the conductor and the Stream altogether: `direct` hands them to an intake
+(processors.intake) that the ledger agent takes its batches from.
 """
 
 from __future__ import annotations
@@ -105,9 +108,22 @@ YIELD_EVERY = 100
 GETMANY_TIMEOUT_S = 0.05
 
 
+_INTAKES = "_agentledger_intakes"
+
+
+def direct(app: Any, intake: Any) -> None:
+    """Hand the messages of `intake.topic` to `intake` (processors.intake) instead of faust's
+    conductor. Call it before the worker starts."""
+    intakes: dict[str, Any] = getattr(app, _INTAKES, None) or {}
+    intakes[intake.topic] = intake
+    setattr(app, _INTAKES, intakes)
+
+
 async def deliver(consumer: Any, messages: Any) -> None:
-    """Hand each message of one fetch to the conductor, with faust's per-message checks."""
+    """Hand each message of one fetch to the conductor, or to the intake of its topic (`direct`),
+    with faust's per-message checks."""
     callback = consumer.callback
+    intakes: dict[str, Any] = getattr(consumer.app, _INTAKES, None) or {}
     read_offset = consumer._read_offset
     commit_every = consumer._commit_every
     acks_enabled_for = consumer.app.topics.acks_enabled_for
@@ -126,7 +142,11 @@ async def deliver(consumer: Any, messages: Any) -> None:
         if commit_every is not None and consumer._n_acked >= commit_every:
             consumer._n_acked = 0
             await consumer.commit()
-        await callback(message)
+        intake = intakes.get(message.topic) if intakes else None
+        if intake is None:
+            await callback(message)
+        else:
+            await intake.put(message)
         read_offset[tp] = offset
 
 

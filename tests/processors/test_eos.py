@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -163,3 +164,96 @@ def test_a_hole_at_the_head_commits_nothing() -> None:
     consumer = _consumer([12, 13], tp=SOURCE)  # committed 10: 10 and 11 never reached the agent
     assert eos._offset_after_last_acked(consumer, SOURCE) is None
     assert eos.commit_gate(consumer.app).holes == {SOURCE: 10}
+
+
+# -- pipelined batches: a batch's delivery overlaps the next batch's preparation
+
+
+async def _batches_of(*batches: list[str]) -> Any:
+    for batch in batches:
+        yield batch
+        await asyncio.sleep(0)
+
+
+def test_the_next_batch_is_prepared_while_the_previous_one_is_delivered_and_acks_wait_for_delivery() -> None:
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        delivered = {"b1": asyncio.get_running_loop().create_future(), "b2": asyncio.get_running_loop().create_future()}
+
+        async def prepare(batch: list[str]) -> list[Any]:
+            name = batch[0][:2]
+            order.append(f"prepare {name}")
+            if name == "b2":
+                assert not delivered["b1"].done(), "b2 must be prepared while b1 is still on its way"
+                delivered["b1"].set_result(None)
+            else:
+                asyncio.get_running_loop().call_later(0.05, delivered["b2"].set_result, None)
+            return [delivered[name]]
+
+        async def ack(events: Sequence[str]) -> None:
+            order.extend(f"ack {event}" for event in events)
+
+        batches = _batches_of(["b1-e1", "b1-e2"], ["b2-e1"])
+        async with asyncio.timeout(5):  # one at a time, b1's delivery would wait for b2 for ever
+            await eos.pipeline_batches(batches, prepare, ack, eos.CommitGate(), _never)
+        return order
+
+    assert asyncio.run(scenario()) == ["prepare b1", "prepare b2", "ack b1-e1", "ack b1-e2", "ack b2-e1"]
+
+
+def test_a_commit_waits_until_the_batch_in_delivery_is_acked() -> None:
+    async def scenario() -> list[str]:
+        gate = eos.CommitGate()
+        order: list[str] = []
+        loop = asyncio.get_running_loop()
+        in_flight = loop.create_future()
+
+        async def prepare(batch: list[str]) -> list[Any]:
+            order.append("prepared")
+            loop.call_later(0.05, in_flight.set_result, None)
+            return [in_flight]
+
+        async def ack(events: Sequence[str]) -> None:
+            order.extend(f"ack {event}" for event in events)
+
+        async def commit() -> None:
+            await asyncio.sleep(0.01)  # the batch is prepared and on its way
+            async with gate.commit():
+                order.append("commit")
+
+        await asyncio.gather(eos.pipeline_batches(_batches_of(["e1"]), prepare, ack, gate, _never), commit())
+        return order
+
+    assert asyncio.run(scenario()) == ["prepared", "ack e1", "commit"]
+
+
+def test_a_failed_delivery_is_reported_releases_the_gate_and_acks_nothing() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        gate = eos.CommitGate()
+        acked: list[str] = []
+        failures = 0
+        loop = asyncio.get_running_loop()
+
+        async def prepare(batch: list[str]) -> list[Any]:
+            lost = loop.create_future()
+            lost.set_exception(RuntimeError("broker said no"))
+            return [lost]
+
+        async def ack(events: Sequence[str]) -> None:
+            acked.extend(events)
+
+        def failed() -> None:
+            nonlocal failures
+            failures += 1
+
+        with pytest.raises(RuntimeError, match="broker said no"):
+            await eos.pipeline_batches(_batches_of(["e1"]), prepare, ack, gate, failed)
+        async with asyncio.timeout(1), gate.commit():
+            pass
+        return acked, failures
+
+    assert asyncio.run(scenario()) == ([], 1)
+
+
+def _never() -> None:
+    raise AssertionError("no batch should fail here")
