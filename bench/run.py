@@ -283,7 +283,7 @@ def table_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
     bd = stages.get("breakdown", {}).get("result")
     if bd:
         add("  of which the worker's own code (handle_batch, no Kafka)", "µs", bd["handle_batch_us"], "", None)
-        add("    of which pricing (genai-prices calc_price)", "µs", bd["price_us"], "", None)
+        add("    of which pricing (genai-prices rates, cached per model price)", "µs", bd["price_us"], "", None)
     return rows
 
 
