@@ -194,6 +194,20 @@ def wait_caught_up(settings: Settings, timeout: float = 60) -> None:
     raise AssertionError(f"sink not caught up: committed {committed_offsets(settings)}, end {want}")
 
 
+def sink_until_caught_up(settings: Settings, wh: Warehouse) -> Any:
+    """Run a Sink until its group has committed every partition's end offset; the Sink (its
+    counters), after checking it raised nothing."""
+    from api.sink import Sink
+
+    runner = SinkThread(Sink(settings, wh))
+    try:
+        wait_caught_up(settings)
+    finally:
+        runner.stop()
+    assert runner.error is None, runner.error  # the sink's own failure, not only "not caught up"
+    return runner.sink
+
+
 class SinkThread:
     """Run a Sink in a thread; `stop()` joins it and re-raises what it raised."""
 

@@ -22,25 +22,15 @@ from api.app import create_app
 from api.keys import KeyStore
 from api.migrations import migrate
 from api.repricing import adjustment_event_id, card_hash
-from api.sink import Sink
 from api.warehouse.chdb import ChdbWarehouse
 from processors.pricing import price_event
 from processors.ratecard import parse_rate_card
 from schemas import codec
 from schemas.events import CostEvent, EventKind
 from schemas.topics import COST_EVENTS, topic_name
-from tests.api.conftest import BASE_TIME, SinkThread, wait_caught_up
+from tests.api.conftest import BASE_TIME, sink_until_caught_up
 
 pytestmark = pytest.mark.integration
-
-
-def _sink_all(settings, wh) -> None:
-    runner = SinkThread(Sink(settings, wh))
-    try:
-        wait_caught_up(settings)
-    finally:
-        runner.stop()
-    assert runner.error is None
 
 
 def _h(key: str) -> dict[str, str]:
@@ -71,7 +61,7 @@ def test_a_closed_month_never_changes_and_late_events_carry_over(
         for i in range(4)
     ]
     produce_priced(settings, march)
-    _sink_all(settings, wh)
+    sink_until_caught_up(settings, wh)
 
     with TestClient(create_app(settings, wh, with_sink=False)) as client:
         before = client.get("/v1/periods/2026-03/report", headers=admin).json()
@@ -97,7 +87,7 @@ def test_a_closed_month_never_changes_and_late_events_carry_over(
     late = priced_event_factory(cost="0.5", step=10, team="payments")
     dup = march[0].model_copy(update={"cost": Decimal("9.9"), "priced_at": BASE_TIME + timedelta(days=40)})
     produce_priced(settings, [late, dup])
-    _sink_all(settings, wh)
+    sink_until_caught_up(settings, wh)
 
     with TestClient(create_app(settings, wh, with_sink=False)) as client:
         # byte-identical, for the admin and for a team key
@@ -193,7 +183,7 @@ def test_reprice_dry_run_emit_and_idempotent_rerun(env, priced_event_factory, pr
     reservation = llm.model_copy(update={"event": llm.event.model_copy(update={"kind": EventKind.CALL_STARTED})})
     outside = priced_event_factory(cost="0.001", step=6, occurred_at=BASE_TIME + timedelta(days=40))
     produce_priced(settings, [*originals, reservation, outside])
-    _sink_all(settings, wh)
+    sink_until_caught_up(settings, wh)
     body = {"from": "2026-03-01T00:00:00Z", "to": "2026-04-01T00:00:00Z", "rate_card": CARD_HALF, "dry_run": True}
     digest = card_hash(parse_rate_card(CARD_HALF))
 
@@ -222,7 +212,7 @@ def test_reprice_dry_run_emit_and_idempotent_rerun(env, priced_event_factory, pr
 
         # the pipeline prices the adjustments (as the worker would) and the sink stores them
         produce_priced(settings, [price_event(e, now=BASE_TIME + timedelta(days=50)) for e in sent])
-        _sink_all(settings, wh)
+        sink_until_caught_up(settings, wh)
         rerun = client.post("/v1/reprice", json={**body, "dry_run": False}, headers=admin).json()
         assert (rerun["already_applied"], rerun["differences_count"], rerun["emitted"]) == (2, 0, 0)
         assert len(_cost_events(settings)) == 2
@@ -320,7 +310,7 @@ def test_cli_close_and_reprice_on_the_warehouse(settings_factory, priced_event_f
         try:
             migrate(wh, settings.database)
             produce_priced(settings, [priced_event_factory(cost="0.001", step=0)])
-            _sink_all(settings, wh)
+            sink_until_caught_up(settings, wh)
         finally:
             wh.close()
         card = settings.chdb_path.parent / "half.yaml"

@@ -19,8 +19,7 @@ from api.app import create_app
 from api.auth import AuthConfigError
 from api.keys import InvalidKeySpec, KeyStore, UnknownKey, parse_key
 from api.migrations import migrate
-from api.sink import Sink
-from tests.api.conftest import ROOT, SinkThread, wait_caught_up
+from tests.api.conftest import ROOT, sink_until_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -123,12 +122,7 @@ def test_auth_and_team_isolation_on_chargeback(
     wh = warehouse_factory(settings)
     migrate(wh, settings.database)
     produce_priced(settings, _priced_teams(priced_event_factory))
-    runner = SinkThread(Sink(settings, wh))
-    try:
-        wait_caught_up(settings)
-    finally:
-        runner.stop()
-    assert runner.error is None
+    sink_until_caught_up(settings, wh)
 
     store = KeyStore(wh, settings.database)
     _, reader = store.create(["reports:read"])

@@ -13,7 +13,7 @@ from api.queries import rollup_drift_query
 from api.sink import LEDGER_COLUMNS, Sink, SinkError, first_seen, ledger_token_of, priced_event_row
 from api.warehouse import WarehouseError
 from schemas.events import EventKind
-from tests.api.conftest import SinkThread, wait_caught_up
+from tests.api.conftest import SinkThread, sink_until_caught_up
 from tests.api.test_reports_pipeline import rollup_sums
 
 pytestmark = pytest.mark.integration
@@ -21,16 +21,6 @@ pytestmark = pytest.mark.integration
 
 class Crash(Exception):
     pass
-
-
-def _replay(settings, wh) -> Sink:
-    runner = SinkThread(Sink(settings, wh))
-    try:
-        wait_caught_up(settings)
-    finally:
-        runner.stop()
-    assert runner.error is None
-    return runner.sink
 
 
 def test_crash_between_insert_and_commit_leaves_rollups_unchanged(
@@ -56,7 +46,7 @@ def test_crash_between_insert_and_commit_leaves_rollups_unchanged(
     assert before["rollup_daily"]["cost"] == before["rollup_hourly"]["cost"] == want
     assert before["ledger_rows"] == 40
 
-    replayed = _replay(settings, wh)
+    replayed = sink_until_caught_up(settings, wh)
     assert replayed.rows_inserted == 40 and replayed.duplicates_skipped == 40 and replayed.ledger_rows == 0
     assert rollup_sums(wh, settings.database) == before
 
@@ -92,7 +82,7 @@ def test_crash_between_raw_and_ledger_insert_rolls_up_once_on_replay(
     assert isinstance(runner.error, SinkError)
     assert rollup_sums(wh, settings.database)["ledger_rows"] == 0
 
-    replayed = _replay(settings, wh)
+    replayed = sink_until_caught_up(settings, wh)
     assert replayed.ledger_rows == 12
     sums = rollup_sums(wh, settings.database)
     assert sums["rollup_daily"]["cost"] == sums["rollup_hourly"]["cost"] == Decimal("12.000000000012")
@@ -135,7 +125,7 @@ def test_crash_after_ledger_insert_inside_the_rollups_is_repaired_on_replay(
     assert short["ledger_rows"] == 30
     assert short["rollup_daily"]["calls"] == 0  # the daily rollup never ran: this is the gap a replay must fill
 
-    replayed = _replay(settings, wh)
+    replayed = sink_until_caught_up(settings, wh)
     assert replayed.ledger_rows == 0  # every event was already in the ledger
     sums = rollup_sums(wh, settings.database)
     want = Decimal("9.999999999990")

@@ -34,7 +34,7 @@ from api.sink import Sink
 from api.warehouse import Warehouse
 from api.warehouse.chdb import ChdbWarehouse
 from schemas.events import CostEvent, EventKind, PricedEvent, derive_event_id
-from tests.api.conftest import SinkThread, open_served, wait_caught_up
+from tests.api.conftest import open_served, sink_until_caught_up
 from tests.conftest import delete_test_topics
 
 pytestmark = pytest.mark.integration
@@ -161,16 +161,6 @@ def _produce(settings: Settings, items: list[PricedEvent]) -> None:
     assert producer.flush(30) == 0
 
 
-def _run_sink(settings: Settings, wh: Warehouse) -> Sink:
-    runner = SinkThread(Sink(settings, wh))
-    try:
-        wait_caught_up(settings)
-    finally:
-        runner.stop()
-        assert runner.error is None, runner.error  # the sink's own failure, not only "not caught up"
-    return runner.sink
-
-
 def rollup_sums(wh: Warehouse, database: str) -> dict[str, Any]:
     out = {}
     for table in ("rollup_hourly", "rollup_daily"):
@@ -214,13 +204,13 @@ def loaded(
         state.settings, state.wh = settings, wh
         # First delivery, with a producer retry inside the same batch (same event_ids again).
         _produce(settings, EVENTS + EVENTS[:10])
-        first = _run_sink(settings, wh)
+        first = sink_until_caught_up(settings, wh)
         assert (first.rows_inserted, first.ledger_rows, first.duplicates_skipped) == (N + 10, N, 10)
         state.first_run = rollup_sums(wh, settings.database)
         # A day later: the same events again (a replayed upstream), new batches at new offsets.
         late = [make_event(i, priced_at=START + timedelta(days=1)) for i in range(0, N, 2)]
         _produce(settings, late)
-        state.late_sink = _run_sink(settings, wh)
+        state.late_sink = sink_until_caught_up(settings, wh)
         store = KeyStore(wh, settings.database, cache_s=0)
         _, admin_text = store.create(["reports:read"], name="finance")
         _, payments_text = store.create(["reports:read"], team="payments", name="payments")

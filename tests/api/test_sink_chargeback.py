@@ -15,7 +15,7 @@ from api.migrations import migrate
 from api.sink import Sink, SinkError
 from schemas.events import DeadLetter
 from schemas.topics import COST_EVENTS_DLQ, topic_name
-from tests.api.conftest import SinkThread, wait_caught_up
+from tests.api.conftest import SinkThread, sink_until_caught_up, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,6 @@ def _report(client, **params):
     response = client.get("/v1/chargeback", params=params)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def _run_until_caught_up(settings, wh):
-    runner = SinkThread(Sink(settings, wh))
-    try:
-        wait_caught_up(settings)
-    finally:
-        runner.stop()
-    assert runner.error is None
-    return runner.sink
 
 
 def _raw_count(wh, database):
@@ -73,7 +63,7 @@ def test_chargeback_totals_are_exact_and_duplicates_count_once(
     ]
     # The same event_ids again (a producer retry / replay) on top of the originals.
     produce_priced(settings, events + events[:25])
-    sink = _run_until_caught_up(settings, wh)
+    sink = sink_until_caught_up(settings, wh)
     assert sink.rows_inserted == 85
 
     with TestClient(create_app(settings, wh, with_sink=False)) as client:
@@ -98,7 +88,7 @@ def test_period_filter_and_day_dimension(settings_factory, warehouse_factory, pr
     events = [priced_event_factory(cost="1.000000000001", step=i) for i in range(3)]
     events.append(priced_event_factory(cost="0.000000000001", step=9, team="tiny"))
     produce_priced(settings, events)
-    _run_until_caught_up(settings, wh)
+    sink_until_caught_up(settings, wh)
     with TestClient(create_app(settings, wh, with_sink=False)) as client:
         # events occur at BASE_TIME + 0, 1, 2 s; [+1 s, +2 s) holds exactly one
         body = _report(client, group_by="day", **{"from": "2026-03-01T12:00:01Z", "to": "2026-03-01T12:00:02Z"})
@@ -172,7 +162,7 @@ def test_crash_between_insert_and_commit_changes_no_total(
 
     with TestClient(create_app(settings, wh, with_sink=False)) as client:
         before = _report(client, group_by="team")
-        replayed = _run_until_caught_up(settings, wh)
+        replayed = sink_until_caught_up(settings, wh)
         after = _report(client, group_by="team")
     assert replayed.rows_inserted == 40  # the records were read and sent again ...
     assert _raw_count(wh, settings.database) == 40  # ... and the engine dropped the repeated block
@@ -190,7 +180,7 @@ def test_invalid_records_go_to_the_dlq_and_the_rest_lands(
     bad_cost = orjson.loads(good[0].model_dump_json())
     bad_cost["cost"] = "1.5e400"
     produce_priced(settings, [good[0], b"{not json", orjson.dumps(bad_cost), *good[1:]], partition=1)
-    sink = _run_until_caught_up(settings, wh)
+    sink = sink_until_caught_up(settings, wh)
     assert sink.dead_letters == 2
 
     consumer = Consumer(
@@ -271,7 +261,7 @@ def test_retryable_insert_errors_back_off_and_land_once(
     flaky = FlakyWarehouse(wh, failures=3)
     events = [priced_event_factory(cost="0.5") for _ in range(6)]
     produce_priced(settings, events, partition=2)
-    _run_until_caught_up(settings, flaky)
+    sink_until_caught_up(settings, flaky)
     assert flaky.attempts >= 4
     assert _raw_count(wh, settings.database) == 6
     with TestClient(create_app(settings, wh, with_sink=False)) as client:

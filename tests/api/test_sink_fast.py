@@ -30,7 +30,7 @@ from api.warehouse.chdb import ChdbWarehouse
 from schemas import codec
 from schemas.events import MAX_MONEY, CostEvent, DeadLetter, EventKind, PricedEvent
 from schemas.topics import COST_EVENTS_DLQ, topic_name
-from tests.api.conftest import SinkThread, wait_caught_up
+from tests.api.conftest import SinkThread, sink_until_caught_up, wait_caught_up
 
 DATABASE = "fast"
 
@@ -306,13 +306,8 @@ def test_bad_records_are_dead_lettered_with_the_models_reason_and_the_rest_lands
         good[8],
     ]
     produce_priced(settings, records, partition=0)
-    runner = SinkThread(Sink(settings, wh))
-    try:
-        wait_caught_up(settings)
-    finally:
-        runner.stop()
-    assert runner.error is None
-    assert runner.sink.dead_letters == 5
+    sink = sink_until_caught_up(settings, wh)
+    assert sink.dead_letters == 5
     letters = _letters(settings, 5)
     assert [(d.offset, d.error_code) for d in letters] == [(o, "invalid_priced_event") for o in (1, 2, 4, 5, 6)]
     for letter, field in zip(letters, ("prompt", "session_id", "input_tokens", "cost", "cost"), strict=True):

@@ -24,10 +24,10 @@ from api.queries import (
     rollup_drift_query,
     session_events_query,
 )
-from api.sink import PRICED_EVENT_COLUMNS, Sink, priced_event_row
+from api.sink import PRICED_EVENT_COLUMNS, priced_event_row
 from api.warehouse import WarehouseError, open_warehouse
 from schemas.events import EventKind
-from tests.api.conftest import SinkThread, wait_caught_up
+from tests.api.conftest import sink_until_caught_up
 from tests.api.test_reports_pipeline import make_event
 
 pytestmark = pytest.mark.integration
@@ -36,15 +36,6 @@ EVENTS = [make_event(i) for i in range(48)]
 """Three days of events (the pipeline tests' generator): teams and customers with gaps, tool
 calls, reservations (not spend), across the March/April boundary."""
 START = EVENTS[0].event.occurred_at
-
-
-def _run_sink(settings, wh):
-    runner = SinkThread(Sink(settings, wh))
-    try:
-        wait_caught_up(settings)
-    finally:
-        runner.stop()
-        assert runner.error is None, runner.error
 
 
 REPORTS = [
@@ -71,7 +62,7 @@ def test_sink_and_every_report_agree_across_adapters(
     produce_priced(embedded, [*events, *events[:6]])  # a producer retry: duplicates in flight
     for settings, wh in ((embedded, chdb), (served, server)):
         assert migrate(wh, settings.database)
-        _run_sink(settings, wh)
+        sink_until_caught_up(settings, wh)
 
     spend = [e for e in events if e.event.kind is not EventKind.CALL_STARTED]
     total = sum((e.cost for e in spend), Decimal(0))
@@ -115,10 +106,10 @@ def test_a_replay_through_http_lands_nothing_twice(settings_factory, server_ware
     migrate(server, served.database)
     events = EVENTS
     produce_priced(served, events)
-    _run_sink(served, server)
+    sink_until_caught_up(served, server)
     before = server.query(*report_query(served.database, ("team", "day"), source=DAILY)[:2])
     # another consumer group reads the whole topic again: same chunks, same tokens, all dropped
-    _run_sink(served.model_copy(update={"sink_group": served.sink_group + "-again"}), server)
+    sink_until_caught_up(served.model_copy(update={"sink_group": served.sink_group + "-again"}), server)
     assert server.query(*report_query(served.database, ("team", "day"), source=DAILY)[:2]) == before
     [raw] = server.query("SELECT count() AS n FROM {db:Identifier}.priced_events", {"db": served.database})
     assert raw["n"] == len(events)
