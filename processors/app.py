@@ -318,7 +318,7 @@ class SignalPublisher:
 async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIterator[list[faust.EventT]]:
     """The stream's events in batches of what has arrived: a batch is yielded as soon as the stream's
     queue is empty (or it holds `max_events`, or `within` seconds passed). The caller acks each
-    event once its batch is processed and its outputs delivered (`LedgerApp._deliver_batch`).
+    event once its batch is processed and its outputs delivered (`eos.pipeline_batches`).
 
     faust's `take_events` waits `within` seconds for a batch to fill whenever fewer than `max_events`
     are queued: on a quiet stream that delay (10 ms here) was most of a signal's latency. Here a lone
@@ -660,11 +660,6 @@ class LedgerApp:
         if futures:
             await asyncio.gather(*futures)
 
-    async def handle_scope_batch(self, events: Sequence[faust.EventT]) -> None:
-        futures = await self.prepare_scope_batch(events)
-        if futures:
-            await asyncio.gather(*futures)
-
     async def prepare_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Validate, dedupe, price and budget a batch of cost events, and hand its records to the
         producer; returns their delivery futures."""
@@ -769,7 +764,7 @@ class LedgerApp:
         Budgets whose scope includes the session are kept here: all of a session's events are on
         this partition. Wider ones (team, agent type, ...) are spread over every partition, so
         their usage is forwarded to `scope-usage`, keyed by scope value, to the one owner of
-        that key (`handle_scope_batch`): one record per scope value per source partition per
+        that key (`prepare_scope_batch`): one record per scope value per source partition per
         batch, with the items of its events in order.
         """
         event = priced.event
