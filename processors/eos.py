@@ -15,7 +15,7 @@ the ground truth computed from the input):
    commit, and after a kill -9 they are processed again (events priced twice in the 50,000-event
    test; a team budget counting an event twice). Fix: `CommitGate` - commits wait for the
    batches in flight, new batches wait for a waiting commit, and the agent acks its batch
-   inside the gate once its records are delivered (`pipeline_batches`; `batch` for one at a time).
+   inside the gate once its records are delivered (`pipeline_batches`).
 2. A commit stops at the first gap in the acked offsets (`Consumer._new_offset`), counting on
    `_drain_messages` to record the offsets it never delivers; it misses some, and a
    read_committed consumer never delivers transaction markers or aborted records, which fill
@@ -146,18 +146,6 @@ def commit_gate(app: Any) -> CommitGate:
     """The app's gate (installed by `install`)."""
     gate: CommitGate = getattr(app, _GATE)
     return gate
-
-
-@asynccontextmanager
-async def batch(app: Any, stream: Any, events: Iterable[Any]) -> AsyncIterator[None]:
-    """Process one batch between commits, and ack its events before a commit may run.
-
-    faust's `take_events` acks them again after the batch; a second ack is a no-op.
-    """
-    async with commit_gate(app).batch():
-        yield
-        for event in events:
-            await stream.ack(event)
 
 
 async def pipeline_batches(

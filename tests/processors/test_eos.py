@@ -73,45 +73,6 @@ def test_batches_run_alongside_each_other() -> None:
     assert asyncio.run(scenario()) == 3
 
 
-def test_a_failed_batch_releases_the_gate_without_acking() -> None:
-    async def scenario() -> tuple[list[Any], bool]:
-        app = SimpleNamespace()
-        eos_gate = eos.CommitGate()
-        setattr(app, eos._GATE, eos_gate)
-        acked: list[Any] = []
-        stream = SimpleNamespace(ack=lambda e: _async_append(acked, e))
-        with pytest.raises(RuntimeError):
-            async with eos.batch(app, stream, ["e1", "e2"]):
-                raise RuntimeError("pricing bug")
-        committed = False
-        async with asyncio.timeout(1):
-            async with eos_gate.commit():
-                committed = True
-        return acked, committed
-
-    acked, committed = asyncio.run(scenario())
-    assert acked == []
-    assert committed
-
-
-def test_a_batch_is_acked_inside_the_gate() -> None:
-    async def scenario() -> list[Any]:
-        app = SimpleNamespace()
-        setattr(app, eos._GATE, eos.CommitGate())
-        acked: list[Any] = []
-        stream = SimpleNamespace(ack=lambda e: _async_append(acked, e))
-        async with eos.batch(app, stream, ["e1", "e2"]):
-            assert acked == []
-        return acked
-
-    assert asyncio.run(scenario()) == ["e1", "e2"]
-
-
-async def _async_append(out: list[Any], item: Any) -> bool:
-    out.append(item)
-    return True
-
-
 TP = TopicPartition("scope-usage", 0)
 SOURCE = TopicPartition("cost-events", 0)
 
