@@ -201,8 +201,11 @@ def test_crash_and_restart_counts_every_event_once(settings_factory, worker_fact
         assert s == by_id[s["signal_id"]] | {"issued_at": s["issued_at"]}
         assert s["spent_tokens"] == 40_000
         assert s["trigger_event_id"] == last[s["session_id"]]
-    # alerts are written in the transactions: a replay after the crash never re-fires one
-    alerts = reader_factory(settings, ALERTS.suffix).wait_for(len(sessions) + 2, settle=1.0)
+    # alerts are written in the transactions: a replay after the crash never re-fires one. A
+    # transaction the killed worker left open holds back what a read_committed reader sees of
+    # its partitions until it is fenced or times out (60 s): once in CI the team's last alert
+    # was not in after 40 s. Exactly once is still the check; a lost alert still fails.
+    alerts = reader_factory(settings, ALERTS.suffix).wait_for(len(sessions) + 2, timeout=90.0, settle=1.0)
     assert Counter(a["alert_id"] for a in alerts) == Counter(
         {alert_id("cap", f"session={s}", None, Decimal(1)): 1 for s in sessions}
         | {alert_id("team", "team=platform", None, Decimal(t)): 1 for t in ("0.5", "1")}
