@@ -422,6 +422,10 @@ class Delivery:
     def queued(self) -> int:
         return len(self._queue)
 
+    def unspooled(self) -> int:
+        """Events accepted and not yet in the spool: queued, or taken off the queue and in hand."""
+        return len(self._queue) + self._in_hand
+
     def flush(self, timeout: float) -> bool:
         """Wait until every accepted event is acknowledged by Kafka; False on timeout."""
         deadline = time.monotonic() + max(timeout, 0.0)

@@ -5,22 +5,36 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 import ingest
 from agentledger.kafka_admin import ensure_topics
 from agentledger.settings import Settings
+from ingest import runtime
 from schemas.codec import encode
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
+
+
+def spooled_events(timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The events an offline hook has written to its spool, in order, once none is still on its
+    way there (queued, or taken off the queue by the delivery thread and not yet written)."""
+    rt = runtime.current()
+    assert rt is not None
+    deadline = time.monotonic() + timeout
+    while rt.delivery.unspooled() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return [orjson.loads(r.value) for r in rt.delivery.spool.read_after(0, 1_000_000)]
 
 
 def free_port_pair() -> int:

@@ -16,22 +16,9 @@ from ingest import runtime
 from ingest.spool import Spool
 from schemas.budgets import Action, Scope, SessionState, SessionStatus, Signal
 from schemas.events import derive_event_id
-from tests.ingest.conftest import murmur2
+from tests.ingest.conftest import murmur2, spooled_events
 
 pytestmark = pytest.mark.unit
-
-
-def spooled_events(timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The events the (offline) hook has written to its spool, in order."""
-    rt = runtime.current()
-    assert rt is not None
-    import time
-
-    deadline = time.monotonic() + timeout
-    while rt.delivery.queued() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    rows = rt.delivery.spool.read_after(0, 1_000_000)
-    return [orjson.loads(r.value) for r in rows]
 
 
 def make_signal(session_id: str, action: Action, **kw: Any) -> Signal:

@@ -5,7 +5,6 @@ the hook recorded."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,10 +12,10 @@ from decimal import Decimal
 from typing import Any
 
 import httpx2
-import orjson
 
 from ingest import runtime
 from schemas.budgets import Action, Scope, Signal
+from tests.ingest.conftest import spooled_events
 
 CANARY = "CANARY-7f3a-do-not-leak"
 """Put in every prompt; must never appear in a recorded event."""
@@ -54,12 +53,7 @@ def sse(events: Iterable[tuple[str | None, Any]]) -> httpx2.Response:
 
 def recorded(timeout: float = 5.0) -> list[dict[str, Any]]:
     """Every event the (offline) hook has written to its spool, in order."""
-    rt = runtime.current()
-    assert rt is not None
-    deadline = time.monotonic() + timeout
-    while rt.delivery.queued() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return [orjson.loads(r.value) for r in rt.delivery.spool.read_after(0, 1_000_000)]
+    return spooled_events(timeout)
 
 
 def usage_of(event: dict[str, Any]) -> tuple[int, int, int, int, int]:
