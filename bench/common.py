@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -103,6 +104,19 @@ def ensure_broker(bootstrap: str) -> None:
     if port_open(bootstrap):
         return
     subprocess.run(["bash", str(KAFKA_SCRIPT), "start"], check=True, timeout=300)
+
+
+def broker_pid(bootstrap: str) -> int | None:
+    """The pid of the process listening on `bootstrap` (the local broker), if `ss` can tell."""
+    port = bootstrap.rpartition(":")[2]
+    try:
+        out = subprocess.run(
+            ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"pid=(\d+)", out)
+    return int(found.group(1)) if found else None
 
 
 def free_port() -> int:

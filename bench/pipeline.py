@@ -38,6 +38,7 @@ from bench.common import (
     Child,
     StageError,
     bench_settings,
+    broker_pid,
     cpu_seconds,
     ensure_broker,
     loadavg,
@@ -257,6 +258,20 @@ def run_once(
         started = time.time()
         worker_hwm: int | None = None
         cpu_at_first: tuple[Any, ...] | None = None
+        cpu_at_worker_done: tuple[Any, ...] | None = None
+        broker = broker_pid(bootstrap)
+
+        def cpu_now() -> tuple[Any, ...]:
+            """(time, worker, sink, broker, this process's CPU seconds, the worker loop's schedstat)"""
+            return (
+                time.time(),
+                cpu_seconds(worker.pid),
+                cpu_seconds(sink.pid),
+                cpu_seconds(broker) if broker else None,
+                time.process_time(),
+                schedstat(worker.pid),
+            )
+
         try:
             deadline = time.monotonic() + max(180.0, n / 200)
             while committed.done is None or not sink_out.exists():
@@ -268,9 +283,13 @@ def run_once(
                 worker.check_alive()
                 sink.check_alive()
                 if cpu_at_first is None and uncommitted.first is not None:
-                    cpu_at_first = (time.time(), cpu_seconds(worker.pid), cpu_seconds(sink.pid), schedstat(worker.pid))
+                    cpu_at_first = cpu_now()
+                if cpu_at_worker_done is None and committed.done is not None:
+                    cpu_at_worker_done = cpu_now()
                 time.sleep(0.05)
-            cpu_at_done = (time.time(), cpu_seconds(worker.pid), cpu_seconds(sink.pid), schedstat(worker.pid))
+            cpu_at_done = cpu_now()
+            if cpu_at_worker_done is None:
+                cpu_at_worker_done = cpu_at_done
             time.sleep(1.0)  # anything beyond N would be a duplicate
             worker_hwm = worker.hwm_kib()
             sink_result = json.loads(sink_out.read_text())
@@ -285,16 +304,23 @@ def run_once(
         changelog = changelog_records(settings)
         scope_usage = topic_records(settings, settings.topic(SCOPE_USAGE.suffix))
         cpu: dict[str, Any] = {}
-        if cpu_at_first is not None:
+        if cpu_at_first is not None and cpu_at_worker_done is not None:
+            # CPU from the first priced event to the last row in the warehouse, every process on
+            # the two cores: the worker, the sink, the broker, and this one (its two readers)
             wall = cpu_at_done[0] - cpu_at_first[0]
-            for i, name in ((1, "worker"), (2, "sink")):
+            total = 0.0
+            for i, name in ((1, "worker"), (2, "sink"), (3, "broker"), (4, "bench_readers")):
                 a, b = cpu_at_first[i], cpu_at_done[i]
                 if a is not None and b is not None and wall > 0:
+                    total += b - a
                     cpu[f"{name}_cpu_us_per_event"] = round((b - a) / n * 1e6)
                     cpu[f"{name}_cpu_utilisation"] = round((b - a) / wall, 2)
-            s0, s1 = cpu_at_first[3], cpu_at_done[3]
+            cpu["total_cpu_us_per_event"] = round(total / n * 1e6)
+            # the event loop's thread while the worker runs: on a core, runnable but waiting for
+            # one, or asleep (I/O)
+            wall = cpu_at_worker_done[0] - cpu_at_first[0]
+            s0, s1 = cpu_at_first[5], cpu_at_worker_done[5]
             if s0 is not None and s1 is not None and wall > 0:
-                # the event loop's thread: running, runnable but waiting for a core, or asleep (I/O)
                 running, queued = s1[0] - s0[0], s1[1] - s0[1]
                 cpu["loop_thread_running"] = round(running / wall, 2)
                 cpu["loop_thread_waiting_for_cpu"] = round(queued / wall, 2)

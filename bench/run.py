@@ -280,6 +280,24 @@ def table_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
             "",
             None,
         )
+    if pipe and pipe["cpu"].get("total_cpu_us_per_event"):
+        c = pipe["cpu"]
+        parts = ", ".join(
+            f"{name} {c[key]}"
+            for name, key in (
+                ("sink", "sink_cpu_us_per_event"),
+                ("broker", "broker_cpu_us_per_event"),
+                ("bench readers", "bench_readers_cpu_us_per_event"),
+            )
+            if key in c
+        )
+        add(
+            f"CPU per event end to end, all processes ({parts} besides the worker)",
+            "µs",
+            c["total_cpu_us_per_event"],
+            "2 cores at 20,000 events/s",
+            100,
+        )
     bd = stages.get("breakdown", {}).get("result")
     if bd:
         add("  of which the worker's own code (handle_batch, no Kafka)", "µs", bd["handle_batch_us"], "", None)
