@@ -129,6 +129,11 @@ class Rejection:
         self.reason = reason
 
 
+def _span(offsets: Sequence[int] | None) -> str:
+    """A list of offsets in a few characters: how many, lowest and highest."""
+    return f"{len(offsets)} ({min(offsets)}..{max(offsets)})" if offsets else "none"
+
+
 def parse_event(raw: bytes | None) -> CostEvent | Rejection:
     """A CostEvent, or why the bytes are not one (the dead-letter policy's input)."""
     if raw is None or not raw:
@@ -551,6 +556,54 @@ class LedgerApp:
     def _load_scope_budget(self, key: str) -> dict[str, Any] | None:
         raw = self.scope_budgets.data.get(key.encode())
         return self.policies.seed(key) if raw is None else orjson.loads(raw)
+
+    def partition_report(self) -> str:
+        """The worker's view of each cost-events partition it holds, for an operator asking why one
+        does not move (`kill -USR1 <worker pid>` logs it): faust's active, paused and buffered sets,
+        aiokafka's pause, position and fetched-but-untaken records, the read and committed offsets."""
+        consumer: Any = self.app.consumer
+        client = getattr(consumer._thread, "_consumer", None)
+        assignment = client._subscription.subscription.assignment if client is not None else None
+        fetched = client._fetcher._records if client is not None else {}
+        gate = eos.commit_gate(self.app) if self.app.in_transaction else None
+        lines = [
+            f"generation {self.app.consumer_generation_id}, flow {'on' if consumer.flow_active else 'off'}, "
+            f"in recovery {self.app.in_recovery}, intake {len(self.intake)} queued, "
+            f"commit gate {gate.describe() if gate is not None else 'none'}"
+        ]
+        if self.app.in_transaction:
+            producer: Any = consumer.transactions.producer
+            for tid, client in sorted(producer._transaction_producers.items()):
+                manager = getattr(client, "_txn_manager", None)
+                lock = producer._trn_locks.get(tid)
+                lines.append(
+                    f"  producer {tid}: {getattr(manager, 'state', '?')}, "
+                    f"lock {'held' if lock is not None and lock.locked() else 'free'}"
+                )
+        for tp in sorted(tp for tp in consumer.assignment() if tp.topic == self.source_name):
+            where = "faust: " + (
+                "paused" if tp in consumer._paused_partitions
+                else "active" if tp in (consumer._active_partitions or ())
+                else "buffered" if tp in consumer._buffered_partitions
+                else "not fetched"
+            )  # fmt: skip
+            kafka = "aiokafka: no consumer"
+            if assignment is not None:
+                try:
+                    state = assignment.state_value(tp)
+                    kafka = (
+                        f"aiokafka: {'paused' if state.paused else 'fetching'}, position "
+                        f"{state.position if state.has_valid_position else 'none'}"
+                    )
+                except Exception as exc:  # reassigned meanwhile: say so, the report is best effort
+                    kafka = f"aiokafka: {exc!r}"[:120]
+            result = fetched.get(tp)
+            lines.append(
+                f"  {tp.topic}[{tp.partition}] {where}; {kafka}; fetched untaken {'yes' if result else 'no'}; "
+                f"read {consumer._read_offset.get(tp)}, committed {consumer._committed_offset.get(tp)}, "
+                f"acked {_span(consumer._acked.get(tp))}"
+            )
+        return "\n".join(lines)
 
     async def _forget_parsed_states(self, sender: Any, revoked: set[Any], **_: Any) -> None:
         self._parsed_budgets.clear()  # the identity check keeps them right; this frees the memory

@@ -103,6 +103,12 @@ class CommitGate:
         self._committing = False
         self._commits_waiting = 0
 
+    def describe(self) -> str:
+        return (
+            f"{self._batches} batches in, {'committing' if self._committing else 'not committing'}, "
+            f"{self._commits_waiting} commits waiting, holes {self.holes or 'none'}"
+        )
+
     async def enter_batch(self) -> None:
         """A batch starts; every `enter_batch` is followed by one `leave_batch`, in any task."""
         async with self._cond:

@@ -64,6 +64,19 @@ def run(settings: Settings, *, loglevel: str = "warning") -> None:
     # faust's terminal spinner sets the root logger to DEBUG so that every record turns it:
     # aiokafka then builds a debug record for every message sent (about 3 per event)
     worker.spinner = None
+    cry = worker._on_sigusr1
+
+    def report() -> None:
+        """SIGUSR1: mode's dump of every task's stack, and how each cost-events partition stands."""
+        cry()
+        try:
+            log.warning("partitions: %s", ledger.partition_report())
+        except Exception:
+            log.exception("partition report failed")
+
+    worker._on_sigusr1 = report  # type: ignore[method-assign]
+    # mode enters pdb on SIGUSR2, which would stop a worker with nobody at its terminal
+    worker._on_sigusr2 = report  # type: ignore[method-assign]
     try:
         # mode's worker installs SIGTERM/SIGINT handlers that stop the app cleanly
         worker.execute_from_commandline()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import signal
 import socket
 import subprocess
 import sys
@@ -98,6 +100,18 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def report(self, timeout: float = 3.0) -> str:
+        """A live worker's view of its partitions and commits (SIGUSR1), for a failure's message."""
+        if self.proc.poll() is not None:
+            return f"(exited with {self.proc.returncode})"
+        before = self.log().count("partitions: ")
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while self.log().count("partitions: ") == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        head, *rest = self.log().rpartition("partitions: ")[2].splitlines() or [""]
+        return "\n".join([head, *itertools.takewhile(lambda line: line.startswith("  "), rest)])
 
 
 @pytest.fixture

@@ -279,7 +279,7 @@ def test_two_workers_one_added_one_killed_mid_stream_exact_totals(settings_facto
     def logs() -> str:
         by_partition = Counter(p for _, _, p in priced.records)
         head = f"produced {stream.produced}, priced (committed) per partition {sorted(by_partition.items())}"
-        return "\n".join([head] + [f"--- worker {i}\n{w.log()[-4000:]}" for i, w in enumerate(workers)])
+        return "\n".join([head] + [f"--- worker {i}\n{w.report()}\n{w.log()[-3000:]}" for i, w in enumerate(workers)])
 
     def priced_count() -> int:
         priced.poll_for(0.3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from decimal import Decimal
@@ -263,3 +264,22 @@ def test_policies_change_while_running_and_default_cap_applies(settings_factory,
     assert [(s["session_id"], s["policy_id"], s["spent_tokens"]) for s in got[1:]] == [
         ("s-d", "default-session-token-cap", 10_000)
     ]
+
+
+def test_sigusr1_logs_where_each_partition_stands(settings_factory, worker_factory, reader_factory):
+    """`kill -USR1 <worker>`: per cost-events partition, faust's and aiokafka's view, positions
+    past every record read."""
+    settings = settings_factory(partitions=3)
+    worker = worker_factory(settings)
+    events = [make_event(session_id=f"sess-{i}") for i in range(9)]
+    produce(settings, COST_EVENTS.suffix, [(e["session_id"], e) for e in events])
+    assert len(reader_factory(settings, PRICED_EVENTS.suffix).wait_for(9, settle=0.5)) == 9, worker.log()[-3000:]
+    report = worker.report()
+    stands = re.findall(
+        r"cost-events\[(\d+)\] faust: active; aiokafka: fetching, position (\d+); fetched untaken (?:yes|no); "
+        r"read (\d+|None), committed",
+        report,
+    )
+    assert sorted(int(p) for p, _, _ in stands) == [0, 1, 2], report
+    assert sum(int(position) for _, position, _ in stands) == 9, report
+    assert worker.stop() == 0
