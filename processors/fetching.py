@@ -37,12 +37,25 @@ Monitor's other hooks (commits, sends, end offsets) and drops the four.
 
 6. cost-events skip the conductor and the Stream altogether: `direct` hands them to an intake
 (processors.intake) that the ledger agent takes its batches from.
+
+7. A fetch must not be cancelled. The first version of 2. waited on the flow around the whole of
+`getmany`, the fetch included. A fetch runs on faust's consumer thread: cancelled on the event
+loop's side (the flow stopping at a rebalance, or at the end of a recovery, see processors.eos 7),
+the thread still takes the records from aiokafka, which moves the partition's position past
+them, and nobody delivers them. When that fetch came after the recovery's seek to the committed
+offsets, the partition was not read again: in the two-worker test under load, a partition stood
+with aiokafka's position at 200, faust's read and committed offsets at 50 and nothing acked, for
+good (`kill -USR1` on the worker showed it). Now the fetch always completes; records it brings
+while the flow is stopped are dropped and every partition is sought back to its committed offset,
+as faust's `getmany` does; only the delivery is cancelled when the flow stops, and a stopped flow
+is always followed by a seek (faust's recovery, or `eos` 7).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust.transport.consumer as faust_consumer
@@ -119,7 +132,24 @@ def direct(app: Any, intake: Any) -> None:
     setattr(app, _INTAKES, intakes)
 
 
-async def deliver(consumer: Any, messages: Any) -> None:
+def fetched(consumer: Any, records: Any, active_partitions: Any, generation_id: int) -> Iterator[tuple[Any, Any]]:
+    """The messages of one fetch as faust's `Consumer.getmany` yields them: partitions in turn (its
+    scheduler), none once the flow stops or the generation changes, none of a partition no longer
+    active; each partition's end offset given to the monitor."""
+    app = consumer.app
+    to_message = consumer._to_message
+    buffered = consumer._buffered_partitions
+    track_end_offset = app.monitor.track_tp_end_offset
+    highwater = consumer.highwater
+    for tp, record in consumer.scheduler.iterate(records):
+        if not consumer.flow_active or app.consumer_generation_id != generation_id:
+            return
+        if active_partitions is None or tp in active_partitions or tp in buffered:
+            track_end_offset(tp, highwater(tp))
+            yield tp, to_message(tp, record)
+
+
+async def deliver(consumer: Any, messages: Iterable[tuple[Any, Any]]) -> None:
     """Hand each message of one fetch to the conductor, or to the intake of its topic (`direct`),
     with faust's per-message checks."""
     callback = consumer.callback
@@ -128,7 +158,7 @@ async def deliver(consumer: Any, messages: Any) -> None:
     commit_every = consumer._commit_every
     acks_enabled_for = consumer.app.topics.acks_enabled_for
     since_yield = 0
-    async for tp, message in messages:
+    for tp, message in messages:
         since_yield += 1
         if since_yield > YIELD_EVERY:
             await asyncio.sleep(0)
@@ -153,6 +183,15 @@ async def deliver(consumer: Any, messages: Any) -> None:
 _drain_messages = faust_consumer.Consumer._drain_messages
 
 
+async def _seek_back(consumer: Any) -> None:
+    """What faust's `getmany` does with records fetched while the flow was stopped: drop them and
+    seek every partition back to its committed offset, to read them again."""
+    try:
+        await consumer.perform_seek()
+    except Exception as exc:
+        log.warning("could not seek back to the committed offsets after a fetch with the flow stopped: %r", exc)
+
+
 async def _drain_messages_by_fetch(self: Any, fetcher: Any) -> None:
     """faust's loop over `getmany`, with one `wait_first` per fetch instead of one per message."""
     if not getattr(self.app, _INSTALLED, False):
@@ -162,10 +201,18 @@ async def _drain_messages_by_fetch(self: Any, fetcher: Any) -> None:
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
-            messages = self.getmany(timeout=GETMANY_TIMEOUT_S)
+            # The fetch is never cancelled: aiokafka moves a partition's position past the records it
+            # hands over, so records taken from it and then dropped are not fetched again until the
+            # next seek (see 7. above). Only their delivery stops when the flow does.
+            records, active_partitions = await self._wait_next_records(GETMANY_TIMEOUT_S)
+            generation_id = self.app.consumer_generation_id
             await self.sleep(0)  # as faust: getmany may return at once, again and again
-            if not self.should_stop:
-                await self.wait_first(deliver(self, messages), self.suspend_flow.wait())
+            if records and not self.should_stop:
+                if self.flow_active:
+                    messages = fetched(self, records, active_partitions, generation_id)
+                    await self.wait_first(deliver(self, messages), self.suspend_flow.wait())
+                else:
+                    await _seek_back(self)
             self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
