@@ -22,9 +22,10 @@ the ground truth computed from the input):
    `scope-usage`. Part of a batch's offsets stay uncommitted while its outputs commit (double
    count again), or a partition with a gap at its head never commits again (its events stayed
    invisible). Fix: `_offset_after_last_acked`. In a topic without holes (cost-events) a gap
-   means faust skipped deliveries (seen after a kill -9 of the other worker, in about 1 of 6
-   runs of the two-worker test); committing past it would lose events, so the commit stops at
-   the hole and the partition is read again from there.
+   means deliveries were skipped (seen after a kill -9 of the other worker, in about 1 of 6
+   runs of the two-worker test, from fetches cancelled on their way: processors.fetching 7);
+   committing past it would lose events, so the commit stops at the hole and the partition is
+   read again from there.
 3. A rebalance keeps half of the state. faust keeps the memory tables of the partitions a
    worker keeps and their open transactions, seeks back to the committed offsets, and
    "recovers" those tables only from where its previous recovery stopped
