@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import orjson
 import pytest
 
-from processors.app import Rejection, parse_event
+from processors.app import Rejection, parse_event, received
+from schemas.codec import encode
 from schemas.events import MAX_EVENT_BYTES, CostEvent
 from tests.processors.conftest import make_event
 
@@ -38,3 +41,26 @@ def test_valid_event_parses():
     got = parse_event(orjson.dumps(make_event(input_tokens=7)))
     assert isinstance(got, CostEvent)
     assert got.input_tokens == 7
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"kind": "tool_call", "model": None, "provider": None, "tool_name": "search", "duration_ms": 20},
+        {"tags": {"env": "prod"}, "customer": "acme", "received_at": "2026-06-01T12:00:01Z"},
+    ],
+)
+@pytest.mark.parametrize("clamped", [False, True])
+def test_received_is_pydantics_copy_with_the_receipt(overrides: dict[str, object], clamped: bool) -> None:
+    event = parse_event(orjson.dumps(make_event(**overrides)))
+    assert isinstance(event, CostEvent)
+    now = datetime(2026, 6, 1, 12, 0, 5, 123456, tzinfo=UTC)
+    at = now - timedelta(seconds=1) if clamped else None
+    update: dict[str, object] = {"received_at": now} | ({"occurred_at": at} if at else {})
+    expected = event.model_copy(update=update)
+    got = received(event, now, at)
+    assert got == expected
+    assert got.__pydantic_fields_set__ == expected.__pydantic_fields_set__
+    assert encode(got) == encode(expected)
+    assert event.received_at != now  # the event read is left as it was
