@@ -37,6 +37,7 @@ from bench.common import (
     RESULTS,
     Child,
     StageError,
+    ThreadCpu,
     bench_settings,
     cpu_seconds,
     ensure_broker,
@@ -257,6 +258,8 @@ def run_once(
         started = time.time()
         worker_hwm: int | None = None
         cpu_at_first: tuple[Any, ...] | None = None
+        sink_threads = ThreadCpu(sink.pid)
+        sampled_at = 0.0
         try:
             deadline = time.monotonic() + max(180.0, n / 200)
             while committed.done is None or not sink_out.exists():
@@ -269,8 +272,13 @@ def run_once(
                 sink.check_alive()
                 if cpu_at_first is None and uncommitted.first is not None:
                     cpu_at_first = (time.time(), cpu_seconds(worker.pid), cpu_seconds(sink.pid), schedstat(worker.pid))
+                    sink_threads.sample()
+                if cpu_at_first is not None and time.monotonic() - sampled_at > 0.25:
+                    sink_threads.sample()
+                    sampled_at = time.monotonic()
                 time.sleep(0.05)
             cpu_at_done = (time.time(), cpu_seconds(worker.pid), cpu_seconds(sink.pid), schedstat(worker.pid))
+            sink_threads.sample()
             time.sleep(1.0)  # anything beyond N would be a duplicate
             worker_hwm = worker.hwm_kib()
             sink_result = json.loads(sink_out.read_text())
@@ -299,6 +307,10 @@ def run_once(
                 cpu["loop_thread_running"] = round(running / wall, 2)
                 cpu["loop_thread_waiting_for_cpu"] = round(queued / wall, 2)
                 cpu["loop_thread_idle"] = round(max(0.0, 1 - (running + queued) / wall), 2)
+        if cpu_at_first is not None:
+            # where the sink's CPU goes: its Python thread, chDB's query threads, its merges
+            split = sink_threads.split()
+            cpu["sink_threads_us_per_event"] = {k: round(v / n * 1e6, 1) for k, v in split.items() if abs(v) >= 0.01}
         if profile is None:
             worker.cleanup()
         sink.cleanup()
