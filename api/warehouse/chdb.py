@@ -6,7 +6,6 @@ chDB returns Decimal columns as JSON numbers; they are parsed straight into `Dec
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 from collections.abc import Sequence
@@ -74,13 +73,13 @@ passes through from the wire, offset and all, to the microsecond. null_as_defaul
 null in a column that is not Nullable an error instead of a silent 0 (a missing cost)."""
 
 
-def encode_json_compact_each_row(rows: Sequence[Sequence[Any]]) -> bytes:
-    """JSONCompactEachRow body, one array per row in column order: values that are already
-    JSON (the sink's rows straight from the wire) pass through; Decimals become strings,
-    datetimes ISO 8601 text (naive ones are read as UTC), maps objects."""
-    # one orjson call per row, the default passed positionally: a partial or a dict per row
-    # would cost as much again
-    return b"\n".join(map(orjson.dumps, rows, itertools.repeat(_json_default)))
+def encode_json_compact_columns(rows: Sequence[Sequence[Any]]) -> bytes:
+    """JSONCompactColumns body, one array per column, rows given in column order: values that
+    are already JSON (the sink's rows straight from the wire) pass through; Decimals become
+    strings, datetimes ISO 8601 text (naive ones are read as UTC), maps objects."""
+    # One orjson call for the block: a call per row cost 2.1 us a row against 0.2 for the whole
+    # block, and the engine reads a column at a time a little faster (bench/sink_breakdown.py).
+    return orjson.dumps(list(zip(*rows, strict=True)), default=_json_default)
 
 
 class ChdbWarehouse:
@@ -128,11 +127,11 @@ class ChdbWarehouse:
         sql = f"INSERT INTO `{check_identifier(database)}`.`{check_identifier(table)}` ({cols}) SETTINGS {INSERT_SETTINGS}"
         if dedup_token is not None:
             sql += f", insert_deduplication_token = '{check_dedup_token(dedup_token)}'"
-        body = encode_json_compact_each_row(rows)
+        body = encode_json_compact_columns(rows)
         if self._closed:
             raise WarehouseError("warehouse is closed")
         try:
-            with self._lock, self._session.send_insert(sql, "JSONCompactEachRow") as inserter:
+            with self._lock, self._session.send_insert(sql, "JSONCompactColumns") as inserter:
                 inserter.append(body)
                 inserter.finish()
         except RuntimeError as exc:
