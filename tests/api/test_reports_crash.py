@@ -151,7 +151,7 @@ def test_partly_landed_ledger_insert_is_completed_under_another_token(
     landed = ledger_token_of(token, first_seen(rows, set()))  # the insert that was cut short
     half = [(*r, landed) for r in first_seen(rows[:4], set())]
     wh.insert(settings.database, "event_ledger", (*LEDGER_COLUMNS, "ledger_token"), half, dedup_token=landed)
-    tokens = sink._insert_ledger(rows, token, 0, 0, 7)
+    tokens = sink._insert_ledger(rows, token, [(0, 0, 7)])
     assert landed in tokens and len(tokens) == 2
     for t in sorted(tokens):
         sink._roll_up(t)
@@ -173,7 +173,7 @@ def test_reports_count_llm_and_tool_calls_not_adjustments(settings_factory, ware
         update={"event": adjustment.event.model_copy(update={"kind": EventKind.ADJUSTMENT})}
     )
     rows = [priced_event_row(p, sink.topic, 0, o) for o, p in enumerate((call, adjustment))]
-    for t in sorted(sink._insert_ledger(rows, "t:0:0:1", 0, 0, 1)):
+    for t in sorted(sink._insert_ledger(rows, "t:0:0:1", [(0, 0, 1)])):
         sink._roll_up(t)
     sums = rollup_sums(wh, settings.database)
     assert sums["rollup_daily"]["cost"] == sums["rollup_hourly"]["cost"] == Decimal("1.000000000000")
