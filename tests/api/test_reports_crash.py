@@ -51,6 +51,59 @@ def test_crash_between_insert_and_commit_leaves_rollups_unchanged(
     assert rollup_sums(wh, settings.database) == before
 
 
+def test_a_batch_over_three_partitions_is_one_block_and_its_replay_is_dropped(
+    settings_factory, warehouse_factory, priced_event_factory, produce_priced
+):
+    # Every record is read before the batch is cut (a batch is up to 1000 records or 3 s), so
+    # both runs make the same block of the three partitions under the same token.
+    settings = settings_factory(sink_batch_rows=1000, sink_batch_seconds=3.0)
+    wh = warehouse_factory(settings)
+    migrate(wh, settings.database)
+    events = [priced_event_factory(cost=f"0.{i:02d}0000000007", team=f"t{i % 4}") for i in range(30)]
+    for partition in range(3):
+        produce_priced(settings, events[partition::3], partition=partition)
+
+    crashing = Sink(settings, wh)
+
+    def crash_instead_of_commit(offsets):
+        raise Crash("killed after insert, before commit")
+
+    crashing._commit = crash_instead_of_commit
+    runner = SinkThread(crashing)
+    runner.thread.join(60)
+    assert isinstance(runner.error, Crash)
+    assert (crashing.batches, crashing.rows_inserted, crashing.ledger_rows) == (1, 30, 30)
+    db = {"db": settings.database}
+    [parts] = wh.query(
+        "SELECT count() AS n FROM system.parts WHERE database = {db:String} AND table = 'priced_events' AND active",
+        db,
+    )
+    assert parts["n"] == 1
+    before = rollup_sums(wh, settings.database)
+    assert before["rollup_daily"]["cost"] == sum((e.cost for e in events), Decimal(0))
+
+    replayed = sink_until_caught_up(settings, wh)
+    assert (replayed.batches, replayed.rows_inserted, replayed.duplicates_skipped) == (1, 30, 30)
+    [raw] = wh.query("SELECT count() AS n FROM {db:Identifier}.priced_events", db)
+    assert raw["n"] == 30  # the repeated block was dropped
+    assert rollup_sums(wh, settings.database) == before
+
+
+def test_a_batch_holds_at_most_sink_batch_rows_records(
+    settings_factory, warehouse_factory, priced_event_factory, produce_priced
+):
+    settings = settings_factory(sink_batch_rows=10, sink_batch_seconds=2.0)
+    wh = warehouse_factory(settings)
+    migrate(wh, settings.database)
+    events = [priced_event_factory(cost="0.5") for _ in range(25)]
+    for partition in range(3):
+        produce_priced(settings, events[partition::3], partition=partition)
+    sink = sink_until_caught_up(settings, wh)
+    # 10 + 10 read at once, the last 5 cut by time
+    assert (sink.batches, sink.rows_inserted, sink.ledger_rows) == (3, 25, 25)
+    assert rollup_sums(wh, settings.database)["rollup_daily"]["cost"] == Decimal("12.5")
+
+
 class LedgerFails:
     """The real warehouse, but the first ledger insert fails as if the process died there."""
 
