@@ -9,7 +9,7 @@ import pytest
 from api.migrations import load_migrations
 from api.sink import PRICED_EVENT_COLUMNS, block_token, dedup_token, ledger_token_of, priced_event_row
 from api.warehouse import WarehouseError, bind_value, check_dedup_token, error_from_message
-from api.warehouse.chdb import decode_json_result, encode_json_compact_columns
+from api.warehouse.chdb import decode_json_result, encode_json_compact_columns, without_low_cardinality
 
 pytestmark = pytest.mark.unit
 
@@ -56,6 +56,15 @@ def test_encode_json_compact_columns_sends_decimals_as_strings():
         ["2026-01-01T00:00:00+00:00", "2026-01-01T14:00:00.000005+02:00"],
         [{"k": "v"}, None],
     ]
+
+
+def test_without_low_cardinality_unwraps_every_level():
+    assert without_low_cardinality("LowCardinality(Nullable(String))") == "Nullable(String)"
+    assert without_low_cardinality("Map(LowCardinality(String), String)") == "Map(String, String)"
+    assert without_low_cardinality("Array(LowCardinality(String))") == "Array(String)"
+    nested = "Tuple(a LowCardinality(String), b Map(LowCardinality(String), LowCardinality(Nullable(String))))"
+    assert without_low_cardinality(nested) == "Tuple(a String, b Map(String, Nullable(String)))"
+    assert without_low_cardinality("DateTime64(6, 'UTC')") == "DateTime64(6, 'UTC')"
 
 
 def test_error_codes_decide_retry():
