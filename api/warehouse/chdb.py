@@ -2,6 +2,10 @@
 
 chDB returns Decimal columns as JSON numbers; they are parsed straight into `Decimal`
 (never through float) and converted by the column types that the JSON result declares.
+
+Rows go in as one JSONCompactColumns body. Into a table with LowCardinality columns they are
+parsed into a temporary in-memory table of the same columns without LowCardinality, then moved
+by one INSERT ... SELECT carrying the deduplication token (see `ChdbWarehouse.insert`).
 """
 
 from __future__ import annotations
