@@ -308,9 +308,15 @@ def run_once(
                 cpu["loop_thread_waiting_for_cpu"] = round(queued / wall, 2)
                 cpu["loop_thread_idle"] = round(max(0.0, 1 - (running + queued) / wall), 2)
         if cpu_at_first is not None:
-            # where the sink's CPU goes: its Python thread, chDB's query threads, its merges
+            # where the sink's CPU goes: its Python thread (which also runs part of each chDB
+            # query), chDB's query threads, its background merges, everything else
             split = sink_threads.split()
-            cpu["sink_threads_us_per_event"] = {k: round(v / n * 1e6, 1) for k, v in split.items() if abs(v) >= 0.01}
+            groups = {"main": "python", "ThreadPool": "chdb_threadpool", "MergeMutate": "chdb_merges"}
+            out = dict.fromkeys([*groups.values(), "other"], 0.0)
+            for name, seconds in split.items():
+                out[groups.get(name, "other")] += seconds
+            for name, seconds in out.items():
+                cpu[f"sink_{name}_us_per_event"] = round(seconds / n * 1e6, 1)
         if profile is None:
             worker.cleanup()
         sink.cleanup()
