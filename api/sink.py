@@ -1,16 +1,19 @@
 """The sink: `priced-events` -> warehouse, exactly once in every report.
 
-Per batch (up to `sink_batch_rows` rows or `sink_batch_seconds`), each partition's rows are
-cut at offset boundaries aligned to `sink_batch_rows` and inserted as one block per chunk,
-with `insert_deduplication_token = topic:partition:first:last`. Offsets are committed
-synchronously only after every insert of the batch succeeded. After a crash between insert
-and commit the same records are read again: the same chunk gets the same token and the
-engine drops it; should the chunk come out different, reports still count each event_id
-once (they deduplicate in the query), so no total doubles.
+A batch (up to `sink_batch_rows` records or `sink_batch_seconds`) is inserted as one block,
+its partitions one after another, with `insert_deduplication_token` naming the offsets it holds
+(`block_token`: topic, and partition:first:last of each partition). Offsets are committed
+synchronously only after the batch's inserts succeeded. After a crash between insert and commit
+the records are read again from the committed offsets: the same records make the same block
+under the same token and the engine drops it; should the batch come out different (more records
+arrived, or the partitions interleaved otherwise), reports still count each event_id once (they
+deduplicate in the query), and the ledger below keeps every rollup exact, so no total doubles.
+One block per batch rather than one per partition: each block is a part in every table and
+five statements, and parts are what the engine's merges spend their time on.
 
-After each chunk lands in `priced_events`, its first-seen events go to `event_ledger`: the
-chunk's event_ids are looked up in the ledger and only unseen ones (first occurrence within
-the chunk) are inserted, each row carrying the insert's `ledger_token`. A duplicate arriving
+After each block lands in `priced_events`, its first-seen events go to `event_ledger`: the
+block's event_ids are looked up in the ledger and only unseen ones (first occurrence within
+the block) are inserted, each row carrying the insert's `ledger_token`. A duplicate arriving
 later, in another batch at other offsets, is found and skipped. The sink then rolls the rows
 of that token up into `rollup_hourly` and `rollup_daily` (one INSERT ... SELECT each, under a
 deduplication token) and records the token in `ledger_rollups`. Each step is idempotent, so a
@@ -23,9 +26,9 @@ A record shaped as the worker writes it (`fast_shape_ok`: the models' own field 
 its row straight from `orjson.loads`, values as they came (Decimals as the worker's strings,
 datetimes as its ISO 8601 text), which the warehouse parses as it parses the model's values;
 anything else goes through the pydantic model, which dead-letters it with its reason. Should
-the warehouse refuse a chunk (a value it cannot store), the model checks the chunk's records
+the warehouse refuse a block (a value it cannot store), the model checks the block's records
 one by one: those it rejects are dead-lettered as above, the rest are inserted as the model
-renders them under the chunk's token. That depends on the records only, so a replay of the
+renders them under the block's token. That depends on the records only, so a replay of the
 same offsets sends the same block.
 """
 
@@ -59,7 +62,6 @@ from schemas.topics import COST_EVENTS_DLQ, PRICED_EVENTS, topic_name
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-R = TypeVar("R", bound=tuple[Any, ...])
 
 PRICED_EVENT_COLUMNS: tuple[str, ...] = (
     "event_id", "schema_version", "kind", "occurred_at", "received_at", "priced_at",
@@ -89,7 +91,7 @@ _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
 
 Record = tuple[int, tuple[Any, ...], Message]
 """One accepted record of a partition: its offset, its `priced_events` row, and the message
-(to check it again, and dead-letter it, should the warehouse refuse its chunk)."""
+(to check it again, and dead-letter it, should the warehouse refuse its block)."""
 
 
 def field_shape(model: type[BaseModel]) -> tuple[frozenset[str], frozenset[str]]:
@@ -114,7 +116,7 @@ def fast_shape_ok(doc: Any) -> bool:
     with an `event` object of schema version 1, no key outside the models' fields, and every
     field that must be there (see `field_shape`). Values are not checked here: the worker
     validated them with the same models before writing them, and a value the warehouse cannot
-    store makes it refuse the chunk, which is then checked record by record (`Sink._insert`)."""
+    store makes it refuse the block, which is then checked record by record (`Sink._insert`)."""
     if type(doc) is not dict:
         return False
     event = doc.get("event")
@@ -174,7 +176,7 @@ class SinkError(Exception):
 
 class InsertRefused(SinkError):
     """The warehouse refused a statement with an error that retrying cannot fix (data it cannot
-    parse, a missing table). The sink checks a refused chunk record by record before it gives up."""
+    parse, a missing table). The sink checks a refused block record by record before it gives up."""
 
 
 def priced_event_row(priced: PricedEvent, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
@@ -215,27 +217,28 @@ def dedup_token(topic: str, partition: int, first_offset: int, last_offset: int)
     return f"{topic}:{partition}:{first_offset}:{last_offset}"
 
 
-def ledger_token_of(chunk_token: str, fresh: Sequence[tuple[Any, ...]]) -> str:
-    """The token of one ledger insert: its chunk's, and a digest of the events it writes.
+def ledger_token_of(token: str, fresh: Sequence[tuple[Any, ...]]) -> str:
+    """The token of one ledger insert: its block's, and a digest of the events it writes.
 
     A replay that finds part of an earlier insert landed writes the rest under another token,
     never under one the engine would drop as a repeat."""
     digest = hashlib.sha256("\n".join(row[0] for row in fresh).encode()).hexdigest()[:16]
-    return f"{chunk_token}:ledger:{digest}"
+    return f"{token}:ledger:{digest}"
 
 
-def aligned_chunks(records: Sequence[R], size: int) -> list[list[R]]:
-    """Cut (offset, ...) records of one partition where offset // size changes, so a
-    re-read after a crash cuts the same chunks and gets the same tokens."""
-    chunks: list[list[R]] = []
-    window = None
-    for record in records:
-        w = record[0] // size
-        if w != window:
-            chunks.append([])
-            window = w
-        chunks[-1].append(record)
-    return chunks
+Span = tuple[int, int, int]
+"""The records of one partition in a block: (partition, first offset, last offset)."""
+
+
+def block_token(topic: str, spans: Sequence[Span]) -> str:
+    """The deduplication token of a block holding `spans` (in partition order): the same
+    records, and only they, give the same token. `topic:partition:first:last` for one
+    partition, the spans one after another for several, a digest of them when that would
+    be longer than a token may be."""
+    token = f"{topic}:" + ":".join(f"{p}:{first}:{last}" for p, first, last in spans)
+    if len(token) <= 200:
+        return token
+    return f"{topic}:{len(spans)}:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
 class Sink:
@@ -360,20 +363,24 @@ class Sink:
             lambda: self.warehouse.insert(database, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token=token)
         )
 
-    def _recheck(self, chunk: list[Record]) -> list[tuple[Any, ...]]:
-        """The rows of the chunk's records that the model accepts, rebuilt from the validated
+    def _recheck(self, block: list[Record]) -> list[tuple[Any, ...]]:
+        """The rows of the block's records that the model accepts, rebuilt from the validated
         model; the others are dead-lettered with the model's reason."""
         rows = []
-        for offset, row, msg in chunk:
+        for offset, row, msg in block:
             priced = self._validated(msg)
             if priced is not None:
                 rows.append(priced_event_row(priced, row[-3], row[-2], offset))
         return rows
 
-    def _insert(self, partition: int, chunk: list[Record]) -> None:
-        first, last = chunk[0][0], chunk[-1][0]
-        token = dedup_token(self.topic, partition, first, last)
-        rows = [row for _, row, _ in chunk]
+    def _insert(self, pending: Sequence[tuple[int, list[Record]]]) -> None:
+        """Insert the batch's records, partition after partition, as one block."""
+        spans = [(partition, records[0][0], records[-1][0]) for partition, records in pending if records]
+        if not spans:
+            return
+        token = block_token(self.topic, spans)
+        block = [record for _, records in pending for record in records]
+        rows = [row for _, row, _ in block]
         try:
             self._insert_priced(rows, token)
         except InsertRefused as exc:
@@ -381,8 +388,8 @@ class Sink:
             # model finds the records at fault; the rest go in as the model renders them, under
             # the same token. The same records give the same rows, so a replay after a crash
             # sends the same block and the engine drops it. Refused again: not the data's fault.
-            log.warning("sink.chunk_refused", partition=partition, first=first, last=last, error=str(exc)[:500])
-            rows = self._recheck(chunk)
+            log.warning("sink.block_refused", spans=spans, error=str(exc)[:500])
+            rows = self._recheck(block)
             if not rows:
                 return
             self._insert_priced(rows, token)
@@ -390,14 +397,12 @@ class Sink:
         self.batches += 1
         metrics.SINK_ROWS.inc(len(rows))
         metrics.SINK_BATCHES.inc()
-        tokens = self._with_retries(lambda: self._insert_ledger(rows, token, partition, first, last))
+        tokens = self._with_retries(lambda: self._insert_ledger(rows, token, spans))
         for ledger_token in sorted(tokens):
             self._with_retries(functools.partial(self._roll_up, ledger_token))
 
-    def _insert_ledger(
-        self, rows: list[tuple[Any, ...]], token: str, partition: int, first: int, last: int
-    ) -> set[str]:
-        """Insert the chunk's first-seen events; the ledger tokens whose rollups may be missing."""
+    def _insert_ledger(self, rows: list[tuple[Any, ...]], token: str, spans: Sequence[Span]) -> set[str]:
+        """Insert the block's first-seen events; the ledger tokens whose rollups may be missing."""
         ids = sorted({row[0] for row in rows})
         found = self.warehouse.query(
             "SELECT event_id, ledger_token, kafka_topic, kafka_partition, kafka_offset "
@@ -405,13 +410,14 @@ class Sink:
             {"db": self.settings.database, "ids": ids},
         )
         # rows an earlier attempt at these very offsets wrote: a replay after a crash
+        offsets = {partition: (first, last) for partition, first, last in spans}
         replayed = {
             r["ledger_token"]
             for r in found
             if r["ledger_token"]
             and r["kafka_topic"] == self.topic
-            and r["kafka_partition"] == partition
-            and first <= r["kafka_offset"] <= last
+            and r["kafka_partition"] in offsets
+            and offsets[r["kafka_partition"]][0] <= r["kafka_offset"] <= offsets[r["kafka_partition"]][1]
         }
         tokens = replayed - self._rolled_up(replayed)
         fresh = first_seen(rows, {r["event_id"] for r in found})
@@ -454,9 +460,7 @@ class Sink:
         """Insert what is pending, make dead letters durable, then commit offsets."""
         if not self._seen:
             return
-        for partition, records in sorted(self._pending.items()):
-            for chunk in aligned_chunks(records, self.settings.sink_batch_rows):
-                self._insert(partition, chunk)
+        self._insert(sorted(self._pending.items()))
         if self._producer is not None and self.dead_letters:
             remaining = self._producer.flush(30)
             if remaining or self._dlq_errors:
@@ -507,9 +511,12 @@ class Sink:
         gc.freeze()
         batch_rows = self.settings.sink_batch_rows
         batch_started: float | None = None
+        batch_read = 0
         try:
             while not stop.is_set():
-                messages = self._consumer.consume(num_messages=min(batch_rows, 5000), timeout=0.1)
+                # a batch is one block (`_insert`): read no more than it may hold
+                want = min(batch_rows - batch_read, 5000)
+                messages = self._consumer.consume(num_messages=want, timeout=0.1)
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
@@ -519,13 +526,14 @@ class Sink:
                         continue
                     if batch_started is None:
                         batch_started = time.monotonic()
+                    batch_read += 1
                     self._accept(msg)
-                pending = sum(len(r) for r in self._pending.values())
                 if batch_started is not None and (
-                    pending >= batch_rows or time.monotonic() - batch_started >= self.settings.sink_batch_seconds
+                    batch_read >= batch_rows or time.monotonic() - batch_started >= self.settings.sink_batch_seconds
                 ):
                     self.flush()
                     batch_started = None
+                    batch_read = 0
                 self._update_lag()
             self.flush()
         finally:

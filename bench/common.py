@@ -80,6 +80,56 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """User + system CPU seconds of each live thread of a process, by thread id, with its name."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+class ThreadCpu:
+    """CPU seconds of a process's threads between a first and a last sample, summed by thread
+    name (the main thread as `main`). Sampled often enough, a thread that ends in between
+    (chDB's pools start and stop threads) still counts up to its last sample; what ran after
+    that is in `unsampled` (the process total minus the threads' sum)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.first: dict[int, tuple[str, float]] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self.total_first = self.total_last = 0.0
+
+    def sample(self) -> None:
+        threads = thread_cpu(self.pid)
+        total = cpu_seconds(self.pid)
+        if total is None:
+            return
+        if not self.first:
+            self.first, self.total_first = threads, total
+            # a thread born after this sample counts from zero
+        self.last.update(threads)
+        self.total_last = total
+
+    def split(self) -> dict[str, float]:
+        by_name: dict[str, float] = {}
+        for tid, (comm, seconds) in self.last.items():
+            name = "main" if tid == self.pid else comm
+            by_name[name] = by_name.get(name, 0.0) + seconds - self.first.get(tid, (comm, 0.0))[1]
+        by_name["unsampled"] = (self.total_last - self.total_first) - sum(by_name.values())
+        return {k: round(v, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
+
+
 def schedstat(pid: int) -> tuple[float, float] | None:
     """(seconds on a CPU, seconds runnable but waiting for one) of a process's main thread."""
     try:

@@ -37,6 +37,7 @@ from bench.common import (
     RESULTS,
     Child,
     StageError,
+    ThreadCpu,
     bench_settings,
     broker_pid,
     cpu_seconds,
@@ -260,6 +261,8 @@ def run_once(
         cpu_at_first: tuple[Any, ...] | None = None
         cpu_at_worker_done: tuple[Any, ...] | None = None
         broker = broker_pid(bootstrap)
+        sink_threads = ThreadCpu(sink.pid)
+        sampled_at = 0.0
 
         def cpu_now() -> tuple[Any, ...]:
             """(time, worker, sink, broker, this process's CPU seconds, the worker loop's schedstat)"""
@@ -284,10 +287,15 @@ def run_once(
                 sink.check_alive()
                 if cpu_at_first is None and uncommitted.first is not None:
                     cpu_at_first = cpu_now()
+                    sink_threads.sample()
                 if cpu_at_worker_done is None and committed.done is not None:
                     cpu_at_worker_done = cpu_now()
+                if cpu_at_first is not None and time.monotonic() - sampled_at > 0.25:
+                    sink_threads.sample()
+                    sampled_at = time.monotonic()
                 time.sleep(0.05)
             cpu_at_done = cpu_now()
+            sink_threads.sample()
             if cpu_at_worker_done is None:
                 cpu_at_worker_done = cpu_at_done
             time.sleep(1.0)  # anything beyond N would be a duplicate
@@ -325,6 +333,16 @@ def run_once(
                 cpu["loop_thread_running"] = round(running / wall, 2)
                 cpu["loop_thread_waiting_for_cpu"] = round(queued / wall, 2)
                 cpu["loop_thread_idle"] = round(max(0.0, 1 - (running + queued) / wall), 2)
+        if cpu_at_first is not None:
+            # where the sink's CPU goes: its Python thread (which also runs part of each chDB
+            # query), chDB's query threads, its background merges, everything else
+            split = sink_threads.split()
+            groups = {"main": "python", "ThreadPool": "chdb_threadpool", "MergeMutate": "chdb_merges"}
+            out = dict.fromkeys([*groups.values(), "other"], 0.0)
+            for name, seconds in split.items():
+                out[groups.get(name, "other")] += seconds
+            for name, seconds in out.items():
+                cpu[f"sink_{name}_us_per_event"] = round(seconds / n * 1e6, 1)
         if profile is None:
             worker.cleanup()
         sink.cleanup()

@@ -280,6 +280,17 @@ def table_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
             "",
             None,
         )
+    if pipe and pipe["cpu"].get("sink_python_us_per_event") is not None:
+        c = pipe["cpu"]
+        add(
+            f"sink CPU per event in the pipeline run (Python thread {c['sink_python_us_per_event']}, chDB query "
+            f"threads {c['sink_chdb_threadpool_us_per_event']}, merges {c['sink_chdb_merges_us_per_event']}, "
+            f"other {c['sink_other_us_per_event']} µs)",
+            "µs",
+            c["sink_cpu_us_per_event"],
+            "",
+            None,
+        )
     if pipe and pipe["cpu"].get("total_cpu_us_per_event"):
         c = pipe["cpu"]
         parts = ", ".join(

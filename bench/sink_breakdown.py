@@ -8,8 +8,8 @@ encoder. Stages, each a median of `repeats` runs, in µs per event:
   record cost before the fast path, and what a record the fast path refuses still costs);
 - fast path: `orjson.loads`, the shape check, `fast_row`, encoding;
 - accept: `Sink._accept` on each message (parse, check, row, pending);
-- insert / ledger / rollups: the chunk's insert into `priced_events`, the ledger lookup and
-  insert, the rollups, as `Sink._insert` runs them (chunks of `sink_batch_rows`);
+- insert / ledger / rollups: the block's insert into `priced_events`, the ledger lookup and
+  insert, the rollups, as `Sink._insert` runs them (one block per `sink_batch_rows` messages);
 - sink_total: accept + insert + ledger + rollups, the sink's in-process work per event.
 
     .venv/bin/python -m bench.sink_breakdown [--events 20000]
@@ -104,11 +104,15 @@ def _sink_stages(blobs: list[tuple[bytes, bytes]]) -> dict[str, float]:
                     sink._accept(m)
 
             out["accept"] = _timed(accept)[0]
-            chunks = [
-                (partition, chunk)
-                for partition, records in sorted(sink._pending.items())
-                for chunk in sinkmod.aligned_chunks(records, settings.sink_batch_rows)
-            ]
+            # the batches Sink.run reads: sink_batch_rows messages each, one block per batch
+            by_offset = {(r[2].partition(), r[0]): r for records in sink._pending.values() for r in records}
+            size = settings.sink_batch_rows
+            blocks = []
+            for start in range(0, len(messages), size):
+                pending: dict[int, list[Any]] = {}
+                for m in messages[start : start + size]:
+                    pending.setdefault(m.partition(), []).append(by_offset[(m.partition(), m.offset())])
+                blocks.append(sorted(pending.items()))
             real_ledger, real_roll_up = sink._insert_ledger, sink._roll_up
 
             def ledger(*args: Any) -> Any:
@@ -123,8 +127,8 @@ def _sink_stages(blobs: list[tuple[bytes, bytes]]) -> dict[str, float]:
             sink._roll_up = roll_up  # type: ignore[method-assign,assignment]
 
             def insert() -> None:
-                for partition, chunk in chunks:
-                    sink._insert(partition, chunk)
+                for block in blocks:
+                    sink._insert(block)
 
             total = _timed(insert)[0]
             out["insert"] = total - out["ledger"] - out["rollups"]
@@ -138,28 +142,28 @@ def _sink_stages(blobs: list[tuple[bytes, bytes]]) -> dict[str, float]:
 def _model_stages(values: list[bytes]) -> dict[str, float]:
     """Seconds of the model path's steps over all of `values`."""
     from api import sink as sinkmod
-    from api.warehouse.chdb import encode_json_compact_each_row
+    from api.warehouse.chdb import encode_json_compact_columns
     from schemas import codec
     from schemas.events import PricedEvent
 
     out: dict[str, float] = {}
     out["model_decode"], priced = _timed(lambda: [codec.decode(PricedEvent, v) for v in values])
     out["model_row"], rows = _timed(lambda: [sinkmod.priced_event_row(p, "t", 0, i) for i, p in enumerate(priced)])
-    out["model_encode"] = _timed(lambda: encode_json_compact_each_row(rows))[0]
+    out["model_encode"] = _timed(lambda: encode_json_compact_columns(rows))[0]
     return out
 
 
 def _fast_stages(values: list[bytes]) -> dict[str, float]:
     """Seconds of the fast path's steps over all of `values`."""
     from api import sink as sinkmod
-    from api.warehouse.chdb import encode_json_compact_each_row
+    from api.warehouse.chdb import encode_json_compact_columns
 
     out: dict[str, float] = {}
     out["fast_loads"], docs = _timed(lambda: [orjson.loads(v) for v in values])
     out["fast_check"], ok = _timed(lambda: [sinkmod.fast_shape_ok(d) for d in docs])
     assert all(ok)
     out["fast_row"], fast = _timed(lambda: [sinkmod.fast_row(d, "t", 0, i) for i, d in enumerate(docs)])
-    out["fast_encode"] = _timed(lambda: encode_json_compact_each_row(fast))[0]
+    out["fast_encode"] = _timed(lambda: encode_json_compact_columns(fast))[0]
     return out
 
 

@@ -51,6 +51,59 @@ def test_crash_between_insert_and_commit_leaves_rollups_unchanged(
     assert rollup_sums(wh, settings.database) == before
 
 
+def test_a_batch_over_three_partitions_is_one_block_and_its_replay_is_dropped(
+    settings_factory, warehouse_factory, priced_event_factory, produce_priced
+):
+    # Every record is read before the batch is cut (a batch is up to 1000 records or 3 s), so
+    # both runs make the same block of the three partitions under the same token.
+    settings = settings_factory(sink_batch_rows=1000, sink_batch_seconds=3.0)
+    wh = warehouse_factory(settings)
+    migrate(wh, settings.database)
+    events = [priced_event_factory(cost=f"0.{i:02d}0000000007", team=f"t{i % 4}") for i in range(30)]
+    for partition in range(3):
+        produce_priced(settings, events[partition::3], partition=partition)
+
+    crashing = Sink(settings, wh)
+
+    def crash_instead_of_commit(offsets):
+        raise Crash("killed after insert, before commit")
+
+    crashing._commit = crash_instead_of_commit
+    runner = SinkThread(crashing)
+    runner.thread.join(60)
+    assert isinstance(runner.error, Crash)
+    assert (crashing.batches, crashing.rows_inserted, crashing.ledger_rows) == (1, 30, 30)
+    db = {"db": settings.database}
+    [parts] = wh.query(
+        "SELECT count() AS n FROM system.parts WHERE database = {db:String} AND table = 'priced_events' AND active",
+        db,
+    )
+    assert parts["n"] == 1
+    before = rollup_sums(wh, settings.database)
+    assert before["rollup_daily"]["cost"] == sum((e.cost for e in events), Decimal(0))
+
+    replayed = sink_until_caught_up(settings, wh)
+    assert (replayed.batches, replayed.rows_inserted, replayed.duplicates_skipped) == (1, 30, 30)
+    [raw] = wh.query("SELECT count() AS n FROM {db:Identifier}.priced_events", db)
+    assert raw["n"] == 30  # the repeated block was dropped
+    assert rollup_sums(wh, settings.database) == before
+
+
+def test_a_batch_holds_at_most_sink_batch_rows_records(
+    settings_factory, warehouse_factory, priced_event_factory, produce_priced
+):
+    settings = settings_factory(sink_batch_rows=10, sink_batch_seconds=2.0)
+    wh = warehouse_factory(settings)
+    migrate(wh, settings.database)
+    events = [priced_event_factory(cost="0.5") for _ in range(25)]
+    for partition in range(3):
+        produce_priced(settings, events[partition::3], partition=partition)
+    sink = sink_until_caught_up(settings, wh)
+    # 10 + 10 read at once, the last 5 cut by time
+    assert (sink.batches, sink.rows_inserted, sink.ledger_rows) == (3, 25, 25)
+    assert rollup_sums(wh, settings.database)["rollup_daily"]["cost"] == Decimal("12.5")
+
+
 class LedgerFails:
     """The real warehouse, but the first ledger insert fails as if the process died there."""
 
@@ -151,7 +204,7 @@ def test_partly_landed_ledger_insert_is_completed_under_another_token(
     landed = ledger_token_of(token, first_seen(rows, set()))  # the insert that was cut short
     half = [(*r, landed) for r in first_seen(rows[:4], set())]
     wh.insert(settings.database, "event_ledger", (*LEDGER_COLUMNS, "ledger_token"), half, dedup_token=landed)
-    tokens = sink._insert_ledger(rows, token, 0, 0, 7)
+    tokens = sink._insert_ledger(rows, token, [(0, 0, 7)])
     assert landed in tokens and len(tokens) == 2
     for t in sorted(tokens):
         sink._roll_up(t)
@@ -173,7 +226,7 @@ def test_reports_count_llm_and_tool_calls_not_adjustments(settings_factory, ware
         update={"event": adjustment.event.model_copy(update={"kind": EventKind.ADJUSTMENT})}
     )
     rows = [priced_event_row(p, sink.topic, 0, o) for o, p in enumerate((call, adjustment))]
-    for t in sorted(sink._insert_ledger(rows, "t:0:0:1", 0, 0, 1)):
+    for t in sorted(sink._insert_ledger(rows, "t:0:0:1", [(0, 0, 1)])):
         sink._roll_up(t)
     sums = rollup_sums(wh, settings.database)
     assert sums["rollup_daily"]["cost"] == sums["rollup_hourly"]["cost"] == Decimal("1.000000000000")

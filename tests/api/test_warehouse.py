@@ -60,6 +60,35 @@ def test_same_token_lands_once_and_new_token_lands_again(ready, priced_event_fac
     assert _raw_count(wh, settings.database) == 10
 
 
+def test_chdb_parses_into_staging_and_leaves_nothing_there(settings_factory, warehouse_factory, priced_event_factory):
+    """chDB inserts into a table with LowCardinality columns go through a temporary table of
+    plain columns (api/warehouse/chdb.py): the values land as they were sent, and rows left
+    there (an insert cut short) never land with the next block."""
+    settings = settings_factory()
+    wh = warehouse_factory(settings)
+    db = settings.database
+    migrate(wh, db)
+    events = [priced_event_factory(cost="0.1", team=("a", None)[o % 2], tags={"env": f"e{o}"}) for o in range(4)]
+    rows = [priced_event_row(e, "t", 0, o) for o, e in enumerate(events)]
+    staging = wh._staging_table(db, "priced_events", PRICED_EVENT_COLUMNS)
+    assert staging is not None
+    wh.command(f"INSERT INTO {staging} (event_id) VALUES ('{'9' * 32}')")  # from an insert cut short
+    wh.insert(db, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token="t:0:0:3")
+    wh.insert(db, "priced_events", PRICED_EVENT_COLUMNS, rows, dedup_token="t:0:0:3")  # a repeat: dropped
+    got = wh.query(
+        "SELECT event_id, team, tags, toTypeName(team) AS type FROM {db:Identifier}.priced_events ORDER BY kafka_offset",
+        {"db": db},
+    )
+    assert [(r["event_id"], r["team"], r["tags"]) for r in got] == [
+        (e.event.event_id, e.event.team, e.event.tags) for e in events
+    ]
+    assert got[0]["type"] == "LowCardinality(Nullable(String))"
+    [left] = wh.query(f"SELECT count() AS n FROM {staging}")
+    assert left["n"] == 0
+    # a table without LowCardinality columns is inserted directly
+    assert wh._staging_table(db, "period_closes", ("period", "closed_at", "closed_by")) is None
+
+
 def test_decimals_round_trip_exactly_and_sum_exactly(ready, priced_event_factory):
     settings, wh = ready
     costs = ["0.000000000001", "999999.999999999999", "0.1", "0.2", "1E-12"]

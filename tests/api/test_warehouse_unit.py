@@ -7,9 +7,9 @@ import orjson
 import pytest
 
 from api.migrations import load_migrations
-from api.sink import PRICED_EVENT_COLUMNS, aligned_chunks, dedup_token, priced_event_row
+from api.sink import PRICED_EVENT_COLUMNS, block_token, dedup_token, ledger_token_of, priced_event_row
 from api.warehouse import WarehouseError, bind_value, check_dedup_token, error_from_message
-from api.warehouse.chdb import decode_json_result, encode_json_compact_each_row
+from api.warehouse.chdb import decode_json_result, encode_json_compact_columns, without_low_cardinality
 
 pytestmark = pytest.mark.unit
 
@@ -43,19 +43,28 @@ def test_decode_json_result_keeps_decimals_exact():
     assert row["z"] == Decimal(3) and isinstance(row["z"], Decimal)
 
 
-def test_encode_json_compact_each_row_sends_decimals_as_strings():
+def test_encode_json_compact_columns_sends_decimals_as_strings():
     plus_two = timezone(timedelta(hours=2))
-    body = encode_json_compact_each_row(
+    body = encode_json_compact_columns(
         [
             (Decimal("1E-12"), datetime(2026, 1, 1, tzinfo=UTC), {"k": "v"}),
             ("0E-12", datetime(2026, 1, 1, 14, 0, 0, 5, tzinfo=plus_two), None),
         ]
     )
-    lines = body.split(b"\n")
-    assert [orjson.loads(line) for line in lines] == [
-        ["0.000000000001", "2026-01-01T00:00:00+00:00", {"k": "v"}],
-        ["0E-12", "2026-01-01T14:00:00.000005+02:00", None],
+    assert orjson.loads(body) == [
+        ["0.000000000001", "0E-12"],
+        ["2026-01-01T00:00:00+00:00", "2026-01-01T14:00:00.000005+02:00"],
+        [{"k": "v"}, None],
     ]
+
+
+def test_without_low_cardinality_unwraps_every_level():
+    assert without_low_cardinality("LowCardinality(Nullable(String))") == "Nullable(String)"
+    assert without_low_cardinality("Map(LowCardinality(String), String)") == "Map(String, String)"
+    assert without_low_cardinality("Array(LowCardinality(String))") == "Array(String)"
+    nested = "Tuple(a LowCardinality(String), b Map(LowCardinality(String), LowCardinality(Nullable(String))))"
+    assert without_low_cardinality(nested) == "Tuple(a String, b Map(String, Nullable(String)))"
+    assert without_low_cardinality("DateTime64(6, 'UTC')") == "DateTime64(6, 'UTC')"
 
 
 def test_error_codes_decide_retry():
@@ -70,10 +79,19 @@ def test_dedup_token_is_checked():
         check_dedup_token("x' , max_threads=1")
 
 
-def test_aligned_chunks_cut_on_offset_windows():
-    records = [(o, (o,)) for o in (3, 4, 5, 8, 9, 10, 21)]
-    chunks = aligned_chunks(records, 5)
-    assert [[o for o, _ in c] for c in chunks] == [[3, 4], [5, 8, 9], [10], [21]]
+def test_block_token_names_the_offsets_of_each_partition():
+    topic = "t1.priced-events"
+    assert block_token(topic, [(2, 10, 19)]) == dedup_token(topic, 2, 10, 19) == "t1.priced-events:2:10:19"
+    assert block_token(topic, [(0, 5, 9), (2, 10, 19)]) == "t1.priced-events:0:5:9:2:10:19"
+    # other records, another token: a partition more, or one span longer
+    assert block_token(topic, [(0, 5, 9), (1, 0, 0), (2, 10, 19)]) != block_token(topic, [(0, 5, 9), (2, 10, 19)])
+    assert block_token(topic, [(0, 5, 9), (2, 10, 20)]) != block_token(topic, [(0, 5, 9), (2, 10, 19)])
+    # many partitions: a digest of the spans, still a valid token with room for what is appended to it
+    many = [(p, 10**12, 10**12 + 9999) for p in range(64)]
+    token = block_token(topic, many)
+    assert token != block_token(topic, many[:-1])
+    ledger = ledger_token_of(token, [("e" * 32,)])
+    assert check_dedup_token(token) == token and check_dedup_token(f"{ledger}:rollup_hourly")
 
 
 def test_priced_event_row_covers_every_column(priced_event_factory):
