@@ -217,6 +217,13 @@ def dedup_token(topic: str, partition: int, first_offset: int, last_offset: int)
     return f"{topic}:{partition}:{first_offset}:{last_offset}"
 
 
+LEDGER_LOOKUP = (
+    "SELECT event_id, ledger_token, kafka_topic, kafka_partition, kafka_offset "
+    "FROM {db:Identifier}.event_ledger WHERE event_id IN {ids:Array(String)}"
+)
+"""Which of a block's event ids the ledger has seen, and where (bench.ledger_lookup times it)."""
+
+
 def ledger_token_of(token: str, fresh: Sequence[tuple[Any, ...]]) -> str:
     """The token of one ledger insert: its block's, and a digest of the events it writes.
 
@@ -404,11 +411,7 @@ class Sink:
     def _insert_ledger(self, rows: list[tuple[Any, ...]], token: str, spans: Sequence[Span]) -> set[str]:
         """Insert the block's first-seen events; the ledger tokens whose rollups may be missing."""
         ids = sorted({row[0] for row in rows})
-        found = self.warehouse.query(
-            "SELECT event_id, ledger_token, kafka_topic, kafka_partition, kafka_offset "
-            "FROM {db:Identifier}.event_ledger WHERE event_id IN {ids:Array(String)}",
-            {"db": self.settings.database, "ids": ids},
-        )
+        found = self.warehouse.query(LEDGER_LOOKUP, {"db": self.settings.database, "ids": ids})
         # rows an earlier attempt at these very offsets wrote: a replay after a crash
         offsets = {partition: (first, last) for partition, first, last in spans}
         replayed = {

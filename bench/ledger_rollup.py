@@ -31,7 +31,7 @@ CHUNK = 10_000
 
 def _load(wh: ChdbWarehouse, start: int, n: int, token_sql: str) -> None:
     wh.command(
-        f"INSERT INTO {DB}.event_ledger ({COLUMNS}) SELECT substring(hex(sipHash128(number)), 1, 32), 'llm_call', "
+        f"INSERT INTO {DB}.event_ledger ({COLUMNS}) SELECT lower(substring(hex(sipHash128(number)), 1, 32)), 'llm_call', "
         f"now64(6), now64(6), 's', 'w', 0, 'x', 'a', 1, 1, 'USD', 'v', 'bench', 0, number, {token_sql} "
         f"FROM numbers({start}, {n})"
     )
