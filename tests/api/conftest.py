@@ -208,6 +208,27 @@ def sink_until_caught_up(settings: Settings, wh: Warehouse) -> Any:
     return runner.sink
 
 
+class CrashBeforeCommit(Exception):
+    """The sink killed after its inserts, before it commits the offsets."""
+
+
+def sink_until_crash_before_commit(settings: Settings, wh: Warehouse) -> Any:
+    """Run a Sink that dies at its first commit, after that batch's inserts (a process killed
+    between insert and commit); the Sink (its counters), once it has died that way."""
+    from api.sink import Sink
+
+    crashing = Sink(settings, wh)
+
+    def crash_instead_of_commit(offsets: Any) -> None:
+        raise CrashBeforeCommit("killed after insert, before commit")
+
+    crashing._commit = crash_instead_of_commit
+    runner = SinkThread(crashing)
+    runner.thread.join(60)
+    assert isinstance(runner.error, CrashBeforeCommit), runner.error
+    return crashing
+
+
 class SinkThread:
     """Run a Sink in a thread; `stop()` joins it and re-raises what it raised."""
 

@@ -13,14 +13,10 @@ from api.queries import rollup_drift_query
 from api.sink import LEDGER_COLUMNS, Sink, SinkError, first_seen, ledger_token_of, priced_event_row
 from api.warehouse import WarehouseError
 from schemas.events import EventKind
-from tests.api.conftest import SinkThread, sink_until_caught_up
+from tests.api.conftest import SinkThread, sink_until_caught_up, sink_until_crash_before_commit
 from tests.api.test_reports_pipeline import rollup_sums
 
 pytestmark = pytest.mark.integration
-
-
-class Crash(Exception):
-    pass
 
 
 def test_crash_between_insert_and_commit_leaves_rollups_unchanged(
@@ -32,15 +28,7 @@ def test_crash_between_insert_and_commit_leaves_rollups_unchanged(
     events = [priced_event_factory(cost=f"0.{i:02d}0000000003", team=f"t{i % 3}") for i in range(40)]
     produce_priced(settings, events, partition=0)
 
-    crashing = Sink(settings, wh)
-
-    def crash_instead_of_commit(offsets):
-        raise Crash("killed after insert, before commit")
-
-    crashing._commit = crash_instead_of_commit
-    runner = SinkThread(crashing)
-    runner.thread.join(60)
-    assert isinstance(runner.error, Crash)
+    sink_until_crash_before_commit(settings, wh)
     before = rollup_sums(wh, settings.database)
     want = sum((e.cost for e in events), Decimal(0))
     assert before["rollup_daily"]["cost"] == before["rollup_hourly"]["cost"] == want
@@ -63,15 +51,7 @@ def test_a_batch_over_three_partitions_is_one_block_and_its_replay_is_dropped(
     for partition in range(3):
         produce_priced(settings, events[partition::3], partition=partition)
 
-    crashing = Sink(settings, wh)
-
-    def crash_instead_of_commit(offsets):
-        raise Crash("killed after insert, before commit")
-
-    crashing._commit = crash_instead_of_commit
-    runner = SinkThread(crashing)
-    runner.thread.join(60)
-    assert isinstance(runner.error, Crash)
+    crashing = sink_until_crash_before_commit(settings, wh)
     assert (crashing.batches, crashing.rows_inserted, crashing.ledger_rows) == (1, 30, 30)
     db = {"db": settings.database}
     [parts] = wh.query(

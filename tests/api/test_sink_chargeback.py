@@ -15,7 +15,7 @@ from api.migrations import migrate
 from api.sink import Sink, SinkError
 from schemas.events import DeadLetter
 from schemas.topics import COST_EVENTS_DLQ, topic_name
-from tests.api.conftest import SinkThread, sink_until_caught_up, wait_caught_up
+from tests.api.conftest import SinkThread, sink_until_caught_up, sink_until_crash_before_commit, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -145,18 +145,7 @@ def test_crash_between_insert_and_commit_changes_no_total(
     events = [priced_event_factory(cost=f"0.{i:02d}0000000003", team=f"t{i % 3}") for i in range(40)]
     produce_priced(settings, events, partition=0)
 
-    class Crash(Exception):
-        pass
-
-    crashing = Sink(settings, wh)
-
-    def crash_instead_of_commit(offsets):
-        raise Crash("killed after insert, before commit")
-
-    crashing._commit = crash_instead_of_commit
-    runner = SinkThread(crashing)
-    runner.thread.join(60)
-    assert isinstance(runner.error, Crash)
+    crashing = sink_until_crash_before_commit(settings, wh)
     assert crashing.rows_inserted == 40
     assert _raw_count(wh, settings.database) == 40
 

@@ -30,7 +30,7 @@ from api.warehouse.chdb import ChdbWarehouse
 from schemas import codec
 from schemas.events import MAX_MONEY, CostEvent, DeadLetter, EventKind, PricedEvent
 from schemas.topics import COST_EVENTS_DLQ, topic_name
-from tests.api.conftest import SinkThread, sink_until_caught_up, wait_caught_up
+from tests.api.conftest import SinkThread, sink_until_caught_up, sink_until_crash_before_commit, wait_caught_up
 
 DATABASE = "fast"
 
@@ -332,18 +332,7 @@ def test_a_refused_chunk_is_cut_the_same_way_on_replay(
     bad = _raw(good[5], lambda d: d["event"].update(output_tokens=-3))
     produce_priced(settings, [*good[:5], bad, *good[6:]], partition=0)
 
-    class Crash(Exception):
-        pass
-
-    crashing = Sink(settings, wh)
-
-    def crash_instead_of_commit(offsets: Any) -> None:
-        raise Crash("killed after insert, before commit")
-
-    crashing._commit = crash_instead_of_commit  # type: ignore[method-assign]
-    runner = SinkThread(crashing)
-    runner.thread.join(60)
-    assert isinstance(runner.error, Crash)
+    crashing = sink_until_crash_before_commit(settings, wh)
     assert (crashing.rows_inserted, crashing.dead_letters) == (11, 1)
 
     replay = SinkThread(Sink(settings, wh))
