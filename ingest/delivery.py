@@ -116,6 +116,10 @@ class Sender(Protocol):
         ...
 
 
+_ABANDONED_PRODUCERS: list[Any] = []
+"""The parent's producers, in a forked child (`KafkaSender.abandon_after_fork`)."""
+
+
 class KafkaSender:
     """Spool rows to a confluent-kafka idempotent producer, `max_in_flight` at a time."""
 
@@ -155,6 +159,10 @@ class KafkaSender:
         self._shutdown_producer()
 
     def abandon_after_fork(self) -> None:
+        # kept, never freed: its destructor would run librdkafka's on an instance whose threads
+        # (and the locks they held) did not survive the fork, which can hang the child
+        if self._producer is not None:
+            _ABANDONED_PRODUCERS.append(self._producer)
         self._producer = None
 
     def _make_producer(self) -> Any:

@@ -85,6 +85,10 @@ _runtime: Runtime | None = None
 _rearm: IngestConfig | None = None
 """In a forked child: the parent's config, built into a runtime at first use."""
 _hooks_installed = False
+_ABANDONED: list[Runtime] = []
+"""The parent's runtime, in a forked child: kept alive and unused. Freed, its Kafka clients'
+destructors would call into librdkafka instances whose threads did not survive the fork (the
+forked-child test hung once in 300 s in CI)."""
 
 
 def peek() -> Runtime | None:
@@ -153,6 +157,7 @@ def _after_fork_in_child() -> None:
     if parent is None:
         return
     parent.abandon_after_fork()
+    _ABANDONED.append(parent)
     _rearm = parent.config
 
 
