@@ -1,5 +1,5 @@
 import {
-  api, canWriteBudgets, content, el, fmtInt, fmtMoney, fmtTime, percent, showError, start,
+  allAnswered, api, canWriteBudgets, content, el, fmtInt, fmtMoney, fmtTime, percent, showError, start,
 } from "./common.js";
 
 const SCOPES = ["session", "agent_type", "team", "project", "customer"];
@@ -184,10 +184,10 @@ function alertsTable(alerts) {
 }
 
 async function render(me) {
-  const [{ budgets }, { alerts }] = await Promise.all([api("/v1/budgets"), api("/v1/alerts", { limit: 100 })]);
+  const [{ budgets }, { alerts }] = await allAnswered([api("/v1/budgets"), api("/v1/alerts", { limit: 100 })]);
   // A policy per session has a budget per session: its spend reads the ledger (no rollup has
   // sessions), seconds over millions of events, so it is fetched when asked, not on page load.
-  const spends = await Promise.all(budgets.map((b) => (perSession(b) ? null : spendOf(b))));
+  const spends = await allAnswered(budgets.map((b) => (perSession(b) ? null : spendOf(b))));
   const formSlot = el("div", { id: "form-slot" });
   const reload = () => window.location.reload();
   const actions = {

@@ -65,6 +65,15 @@ export async function api(path, params, options = {}) {
   return response.status === 204 ? null : response.json();
 }
 
+// Every request's result, once all have answered; the first failure, if any, is thrown then. Unlike
+// Promise.all, no request is still under way when the page shows the failure (and says it is ready).
+export async function allAnswered(requests) {
+  const settled = await Promise.allSettled(requests);
+  const failed = settled.find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
+  return settled.map((r) => r.value);
+}
+
 // A file from the API (CSV, Parquet, FOCUS) saved under its server-given name: the key travels
 // in the header, so a plain link cannot carry it.
 export async function download(path, params) {

@@ -1,5 +1,5 @@
 import {
-  api, content, el, fmtInt, fmtMoney, isoInstant, monthStart, plot, showError, start,
+  allAnswered, api, content, el, fmtInt, fmtMoney, isoInstant, monthStart, plot, showError, start,
 } from "./common.js";
 
 const NONE = "(none)";
@@ -98,7 +98,7 @@ async function render() {
   picker.addEventListener("change", () => {
     if (picker.value) window.location.assign(`/dashboard/overview?month=${picker.value}`);
   });
-  const [byDayTeam, last, lastToDate, projects, customers, agentTypes, models, flagged] = await Promise.all([
+  const [byDayTeam, last, lastToDate, projects, customers, agentTypes, models, flagged] = await allAnswered([
     api("/v1/chargeback", { group_by: "day,team", ...current }),
     api("/v1/chargeback", { group_by: "team", ...previous }),
     sameTime ? api("/v1/chargeback", { group_by: "team", ...sameTime }) : null,

@@ -1,5 +1,5 @@
 import {
-  api, content, el, fmtInt, fmtMoney, fmtTime, isoInstant, monthStart, percent, plot, showError, start,
+  allAnswered, api, content, el, fmtInt, fmtMoney, fmtTime, isoInstant, monthStart, percent, plot, showError, start,
 } from "./common.js";
 
 const STATES = ["", "active", "warned", "downgraded", "paused", "killed"];
@@ -90,7 +90,7 @@ function budgetBars(covering) {
 }
 
 async function detail(id) {
-  const [session, events, covering] = await Promise.all([
+  const [session, events, covering] = await allAnswered([
     api(`/v1/sessions/${encodeURIComponent(id)}`),
     api(`/v1/reports/sessions/${encodeURIComponent(id)}`).catch((error) => (error.status === 404 ? { events: [] } : Promise.reject(error))),
     api(`/v1/sessions/${encodeURIComponent(id)}/budgets`).catch((error) => (error.status === 404 ? { budgets: [] } : Promise.reject(error))),
