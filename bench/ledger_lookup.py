@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from api.migrations import migrate
-from api.sink import LEDGER_LOOKUP
+from api.sink import LEDGER_LOOKUP, lookup_ids
 from api.warehouse.chdb import ChdbWarehouse
 from bench.ledger_rollup import DB, _load
 
@@ -40,7 +40,7 @@ def run(sizes: list[int]) -> list[dict[str, Any]]:
             for k in range(3):
                 ids = sorted(hashlib.md5(f"new:{size}:{k}:{i}".encode()).hexdigest() for i in range(IDS))
                 started = time.process_time()
-                found = wh.query(LEDGER_LOOKUP, {"db": DB, "ids": ids})
+                found = wh.query(LEDGER_LOOKUP, {"db": DB, "ids": lookup_ids(ids)})
                 cpu.append(time.process_time() - started)
                 assert not found, found[:3]
             best = min(cpu)
