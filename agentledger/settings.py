@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     """How often the worker commits its transactions (faust's broker_commit_interval): priced
     events, alerts and budget state become visible to read_committed readers at each commit.
     Signals never wait for it (see processors.scope_preview)."""
+    quiet_commit_s: float = Field(default=0.2, ge=0, le=60)
+    """The worker also commits once no cost event has arrived for this long after a batch, so the
+    end of a burst (or a lone event) is visible without waiting for the commit interval; 0: only
+    at the commit interval (and every 10,000 acked events, as under load)."""
     worker_data_dir: Path = Path("var/worker")
     """faust's data folder for each worker id (its tables live in memory; faust still makes one)."""
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 
@@ -62,13 +62,21 @@ class Intake:
         self._room.set()
 
     async def batches(
-        self, max_events: int, busy_from: int, busy_batch: int, busy_linger_s: float
+        self,
+        max_events: int,
+        busy_from: int,
+        busy_batch: int,
+        busy_linger_s: float,
+        quiet_s: float = 0.0,
+        on_quiet: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[Any]]:
         """Batches of what has arrived: at once when the agent is idle (a lone event never waits);
         after a batch of `busy_from` or more, until `busy_batch` have arrived or `busy_linger_s`
         passed, so per-batch costs (sends, a delivery round trip, a changelog record per key)
-        are shared by more events."""
+        are shared by more events. `on_quiet` is called once each time nothing has arrived for
+        `quiet_s` after a batch."""
         busy = False
+        since_quiet = False  # a batch went out since `on_quiet` was last called
         while True:
             self._want = min(busy_batch, max_events) if busy else 1
             if len(self._messages) < self._want:
@@ -79,6 +87,13 @@ class Intake:
                     if not self._messages:
                         busy = False
                         continue
+                elif since_quiet and on_quiet is not None:
+                    try:
+                        await asyncio.wait_for(self._ready.wait(), quiet_s)
+                    except TimeoutError:
+                        since_quiet = False
+                        on_quiet()
+                        continue
                 else:
                     await self._ready.wait()
             take = min(len(self._messages), max_events)
@@ -86,6 +101,7 @@ class Intake:
             batch = [popleft() for _ in range(take)]
             self._room.set()
             busy = take >= busy_from
+            since_quiet = True
             yield batch
 
 

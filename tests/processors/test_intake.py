@@ -98,3 +98,30 @@ def test_clear_drops_what_is_queued() -> None:
         return await _next(batches)
 
     assert asyncio.run(scenario()) == ["after"]
+
+
+def test_on_quiet_is_called_once_per_quiet_spell_after_a_batch() -> None:
+    async def scenario() -> list[Any]:
+        seen: list[Any] = []
+        intake = Intake("t", maxsize=10)
+        batches = intake.batches(
+            max_events=10, busy_from=100, busy_batch=100, busy_linger_s=0.01, quiet_s=0.05,
+            on_quiet=lambda: seen.append("quiet"),
+        )  # fmt: skip
+        waiting = asyncio.create_task(_next(batches))
+        await asyncio.sleep(0.2)  # nothing came yet: no batch, so nothing to call quiet
+        seen.append("before")
+        await intake.put(1)
+        seen.append(await waiting)
+        waiting = asyncio.create_task(_next(batches))
+        await asyncio.sleep(0.03)  # not quiet long enough yet
+        seen.append("soon")
+        await intake.put(2)  # arrives within quiet_s: the spell starts again after this batch
+        seen.append(await waiting)
+        waiting = asyncio.create_task(_next(batches))
+        await asyncio.sleep(0.3)  # one call however long the spell lasts
+        await intake.put(3)
+        seen.append(await waiting)
+        return seen
+
+    assert asyncio.run(scenario()) == ["before", [1], "soon", [2], "quiet", [3]]

@@ -157,11 +157,11 @@ def test_future_events_are_clamped_and_old_ones_flagged_late(settings_factory, w
 
 
 def test_team_breach_is_signalled_before_the_usage_commits(settings_factory, worker_factory, reader_factory):
-    """With a 30 s commit interval, the team's kill reaches every session while nothing the
-    worker wrote is committed yet (read_committed readers see no priced event): the scope
-    preview reads scope-usage uncommitted. (That the committed path then sends no second signal
+    """With a 30 s commit interval and no commit when the intake goes quiet, the team's kill
+    reaches every session while nothing the worker wrote is committed yet (read_committed readers
+    see no priced event): the scope preview reads scope-usage uncommitted. (That the committed path then sends no second signal
     and the alerts come once each is the test above, with the default commit interval.)"""
-    settings = settings_factory(commit_interval_s=30.0)
+    settings = settings_factory(commit_interval_s=30.0, quiet_commit_s=0)
     unit = _gpt4o(1000, 200)
     limit = 10 * unit
     publish_policy(

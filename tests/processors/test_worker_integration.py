@@ -11,6 +11,7 @@ import orjson
 import pytest
 from genai_prices import Usage, calc_price
 
+from agentledger.kafka_admin import wait_for_group
 from processors.budget import alert_id
 from processors.policies import delete_policy, publish_policy
 from schemas.budgets import Action, BudgetPolicy, Scope
@@ -61,6 +62,28 @@ def test_priced_events_once_with_exact_price_despite_duplicates(settings_factory
         partitions.setdefault(key, set()).add(partition)
     assert sorted(partitions) == [b"sess-0", b"sess-1", b"sess-2"]
     assert all(len(p) == 1 for p in partitions.values())
+    assert worker.stop() == 0
+
+
+def test_a_quiet_worker_commits_without_waiting_for_the_commit_interval(
+    settings_factory, worker_factory, reader_factory
+):
+    """Once the intake has been quiet for `quiet_commit_s`, the worker commits: a lone event's
+    priced record reaches a read_committed reader long before the commit interval (60 s here,
+    whose first commit comes 60 s after the worker started)."""
+    settings = settings_factory(commit_interval_s=60.0)
+    worker = worker_factory(settings)
+    assert wait_for_group(settings, settings.worker_id, timeout=90), worker.log()[-3000:]
+    priced = reader_factory(settings, PRICED_EVENTS.suffix)
+    event = make_event(session_id="quiet-1")
+    produce(settings, COST_EVENTS.suffix, [(event["session_id"], event)])
+    got = priced.wait_for(1, timeout=20.0, settle=0.0)
+    assert [r["event"]["event_id"] for r in got] == [event["event_id"]], worker.log()[-3000:]
+    # and a second quiet spell commits again
+    second = make_event(session_id="quiet-1", step=1)
+    produce(settings, COST_EVENTS.suffix, [(second["session_id"], second)])
+    got = priced.wait_for(2, timeout=20.0, settle=0.0)
+    assert [r["event"]["event_id"] for r in got] == [event["event_id"], second["event_id"]], worker.log()[-3000:]
     assert worker.stop() == 0
 
 
