@@ -298,7 +298,7 @@ def table_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
             for name, key in (
                 ("sink", "sink_cpu_us_per_event"),
                 ("broker", "broker_cpu_us_per_event"),
-                ("bench readers", "bench_readers_cpu_us_per_event"),
+                ("bench watchers", "bench_watchers_cpu_us_per_event"),
             )
             if key in c
         )
