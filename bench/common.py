@@ -169,6 +169,13 @@ def broker_pid(bootstrap: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (threads it starts later inherit their starter's set)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -228,7 +235,14 @@ class Child:
     """A subprocess (worker, sink) run from a scratch folder (faust writes `<id>-data` in its
     working directory), with its output in a log file kept for a post-mortem."""
 
-    def __init__(self, name: str, argv: list[str], settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        settings: Settings,
+        extra_env: dict[str, str] | None = None,
+        cpus: set[int] | None = None,
+    ) -> None:
         self.name = name
         self.cwd = Path(tempfile.mkdtemp(prefix=f"agentledger-bench-{name}-"))
         self.log_path = self.cwd / f"{name}.log"
@@ -236,7 +250,11 @@ class Child:
         env = settings_env(settings)
         env.update(extra_env or {})
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        # on `cpus` from its first instruction, so every thread it starts is there too
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+        self.proc = subprocess.Popen(
+            argv, cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=pin
+        )
 
     @property
     def pid(self) -> int:
@@ -269,6 +287,6 @@ class Child:
         shutil.rmtree(self.cwd, ignore_errors=True)
 
 
-def start_worker(settings: Settings) -> Child:
+def start_worker(settings: Settings, cpus: set[int] | None = None) -> Child:
     """`python -m processors.worker` as deployed: exactly-once, configured by AGENTLEDGER_*."""
-    return Child("worker", [sys.executable, "-m", "processors.worker"], settings)
+    return Child("worker", [sys.executable, "-m", "processors.worker"], settings, cpus=cpus)

@@ -28,12 +28,15 @@ Peak RSS (VmHWM) of both processes is read once the last event is in.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,7 @@ from bench.common import (
     ensure_broker,
     loadavg,
     median,
+    pin_threads,
     schedstat,
     start_worker,
 )
@@ -290,10 +294,47 @@ def topic_records(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
+WORKER_CPUS, OTHER_CPUS = {0}, {1}
+"""With `pin`: the worker's core, and the one shared by the sink, the broker and this process."""
+
+
+@contextlib.contextmanager
+def pinned(pin: bool, broker: int | None) -> Iterator[tuple[set[int] | None, set[int] | None]]:
+    """(worker cpus, sink cpus) for the children; with `pin`, the broker's threads and this
+    process's are on OTHER_CPUS meanwhile, every CPU again after."""
+    if not pin:
+        yield None, None
+        return
+    every = os.sched_getaffinity(0)
+    if not every >= WORKER_CPUS | OTHER_CPUS:
+        raise StageError(f"pinning needs CPUs {sorted(WORKER_CPUS | OTHER_CPUS)}; this process has {sorted(every)}")
+    for pid in (os.getpid(), broker):
+        if pid is not None:
+            pin_threads(pid, OTHER_CPUS)
+    try:
+        yield WORKER_CPUS, OTHER_CPUS
+    finally:
+        for pid in (os.getpid(), broker):
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    pin_threads(pid, every)
+
+
 def run_once(
-    bootstrap: str, run_tag: str, n: int, *, profile: Path | None = None, team_budget: bool = False
+    bootstrap: str,
+    run_tag: str,
+    n: int,
+    *,
+    profile: Path | None = None,
+    team_budget: bool = False,
+    pin: bool = False,
 ) -> dict[str, Any]:
-    with bench_settings(bootstrap, run_tag, "p", session_token_cap=TOKEN_CAP_NEVER_REACHED) as settings:
+    """One run; with `pin`, the worker alone on one core (WORKER_CPUS) and everything else
+    (sink, broker, this process) on the other."""
+    with (
+        pinned(pin, broker_pid(bootstrap)) as (worker_cpus, sink_cpus),
+        bench_settings(bootstrap, run_tag, "p", session_token_cap=TOKEN_CAP_NEVER_REACHED) as settings,
+    ):
         if team_budget:
             # every event's usage also goes through scope-usage to the team budget's owner
             team = BudgetPolicy(policy_id="bench-team", scope=(Scope.TEAM,), limit_tokens=TOKEN_CAP_NEVER_REACHED)
@@ -308,11 +349,12 @@ def run_once(
         committed.start()
         sink_out = Path(f"/tmp/agentledger-bench-sink-{uuid.uuid4().hex[:8]}.json")
         if profile is None:
-            worker = start_worker(settings)
+            worker = start_worker(settings, cpus=worker_cpus)
         else:
             argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "processors.worker"]
-            worker = Child("worker", argv, settings)
-        sink = Child("sink", [sys.executable, "-m", "bench.sink_proc", str(n), str(sink_out)], settings)
+            worker = Child("worker", argv, settings, cpus=worker_cpus)
+        sink_argv = [sys.executable, "-m", "bench.sink_proc", str(n), str(sink_out)]
+        sink = Child("sink", sink_argv, settings, cpus=sink_cpus)
         started = time.time()
         worker_hwm: int | None = None
         cpu_at_first: tuple[Any, ...] | None = None
@@ -411,6 +453,7 @@ def run_once(
         return {
             "events": n,
             "team_budget": team_budget,
+            "pinned": pin,
             "produce_s": round(produce_s, 2),
             "bare_consume": bare,
             "bare_events_per_s": round(median([b["events_per_s"] for b in bare])),
@@ -434,9 +477,9 @@ def run_once(
         }
 
 
-def run(bootstrap: str, run_tag: str, n: int, repeats: int = 1) -> dict[str, Any]:
+def run(bootstrap: str, run_tag: str, n: int, repeats: int = 1, pin: bool = False) -> dict[str, Any]:
     """`repeats` runs, each with fresh topics; medians of the rates and peaks."""
-    runs = [run_once(bootstrap, run_tag, n) for _ in range(repeats)]
+    runs = [run_once(bootstrap, run_tag, n, pin=pin) for _ in range(repeats)]
 
     def med(key: str) -> float:
         return median([r[key] for r in runs if r[key] is not None])
@@ -444,6 +487,7 @@ def run(bootstrap: str, run_tag: str, n: int, repeats: int = 1) -> dict[str, Any
     return {
         "events": n,
         "repeats": repeats,
+        "pinned": pin,
         "worker_events_per_s": round(med("worker_events_per_s")),
         "e2e_events_per_s": round(med("e2e_events_per_s")),
         "bare_events_per_s": round(med("bare_events_per_s")),
@@ -463,10 +507,15 @@ def main() -> None:
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")
     parser.add_argument("--profile", action="store_true", help="run the worker under cProfile")
     parser.add_argument("--team-budget", action="store_true", help="also a team budget (scope-usage path)")
+    parser.add_argument(
+        "--pin", action="store_true", help="the worker alone on CPU 0; sink, broker and this process on CPU 1"
+    )
     args = parser.parse_args()
     ensure_broker(args.bootstrap)
     profile = RESULTS / "worker.prof" if args.profile else None
-    result = run_once(args.bootstrap, uuid.uuid4().hex[:6], args.events, profile=profile, team_budget=args.team_budget)
+    result = run_once(
+        args.bootstrap, uuid.uuid4().hex[:6], args.events, profile=profile, team_budget=args.team_budget, pin=args.pin
+    )
     print(json.dumps(result, indent=2))
     if profile is not None:
         import pstats
