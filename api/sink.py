@@ -582,6 +582,9 @@ class Sink:
             self._seen.clear()
             self._consumer.close()
             self._producer.flush(5)
+            # released with the run, not with the Sink: a librdkafka client left alive goes on
+            # trying its broker (and logging each refusal) long after it was used
+            self._producer = None
 
 
 def run_sink(settings: Settings) -> None:
