@@ -295,6 +295,8 @@ class Sink:
         self.dead_letters = 0
         self.duplicates_skipped = 0
         self.ledger_rows = 0
+        self.rows_done = 0
+        """Rows inserted whose ledger rows and rollups are written too: in every report."""
         self._pending: dict[int, list[Record]] = {}
         self._seen: dict[int, int] = {}
         self._dlq_errors: list[str] = []
@@ -443,6 +445,7 @@ class Sink:
         tokens = self._with_retries(lambda: self._insert_ledger(rows, token, spans))
         for ledger_token in sorted(tokens):
             self._with_retries(functools.partial(self._roll_up, ledger_token))
+        self.rows_done += len(rows)
 
     def _insert_ledger(self, rows: list[tuple[Any, ...]], token: str, spans: Sequence[Span]) -> set[str]:
         """Insert the block's first-seen events; the ledger tokens whose rollups may be missing."""

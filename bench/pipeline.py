@@ -14,7 +14,7 @@ level: 3-4 µs of CPU an event in this process and about as much in the broker.)
 over, a read_committed reader counts the priced events visible: exactly N, none twice.
 
 - worker events/s = N / (worker group committed N - first priced event written)
-- end to end events/s = N / (last event in the warehouse's ledger - first priced event written)
+- end to end events/s = N / (last event in the warehouse's ledger and rollups - first priced event written)
 - baseline events/s = N / (last - first message) of a bare consume loop over `cost-events`
 
 Each run also lists the worker's commits as they were seen (`worker_commits`: seconds after the

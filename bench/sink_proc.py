@@ -2,8 +2,8 @@
 
 Its own process so that its peak RSS (VmHWM) is the sink's and nothing else's, and so that
 it does not share a GIL with the benchmark's readers. Configured by AGENTLEDGER_* like the
-real one; writes one JSON file when `target` events are in the warehouse (priced_events and
-event_ledger; the sink then rolls it up), then keeps running until SIGTERM.
+real one; writes one JSON file when `target` events are in the warehouse (priced_events,
+event_ledger and both rollups: in every report), then keeps running until SIGTERM.
 
     python -m bench.sink_proc TARGET RESULT.json
 """
@@ -41,8 +41,8 @@ def main() -> None:
         while not stop.is_set():
             if sink.rows_inserted and "first_insert" not in first:
                 first["first_insert"] = time.time()
-            # the ledger insert (and with it the rollups) comes after the raw insert of a chunk
-            if sink.ledger_rows + sink.duplicates_skipped >= target:
+            # a block's ledger insert and rollups come after its raw insert: done once all three are
+            if sink.rows_done >= target:
                 done = time.time()
                 db = {"db": settings.database}
                 counts = {
