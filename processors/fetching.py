@@ -175,8 +175,8 @@ async def deliver(consumer: Any, messages: Iterable[tuple[Any, Any]]) -> None:
         intake = intakes.get(message.topic) if intakes else None
         if intake is None:
             await callback(message)
-        else:
-            await intake.put(message)
+        elif not intake.offer(message):
+            await intake.put(message)  # full: wait for room, as faust waits on a full stream buffer
         read_offset[tp] = offset
 
 
