@@ -477,6 +477,13 @@ async def _append_records(client: Any, records: list[Outgoing], futures: list[An
         futures.append(await client.send_batch(builder, topic, partition=partition))
 
 
+def _store_dict(table: Any) -> dict[bytes, bytes]:
+    """The dict that is a table's memory store (faust.stores.memory keeps its items in `data`):
+    read and written as the store's mapping, each access went through two Python calls
+    (Mapping.get, FastUserDict.__getitem__)."""
+    return cast(dict[bytes, bytes], table.data.data)
+
+
 def _store_put(table: Any, key: bytes, value: bytes, partition: int) -> None:
     """Write a table's memory store without faust's per-key changelog message.
 
@@ -484,7 +491,7 @@ def _store_put(table: Any, key: bytes, value: bytes, partition: int) -> None:
     partition lets faust drop it from memory when that partition moves to another worker.
     """
     store = table.data
-    store[key] = value
+    store.data[key] = value  # as `_store_dict`
     store._key_partition[key] = partition
 
 
@@ -584,7 +591,7 @@ class LedgerApp:
 
     def _load_budget(self, key: str) -> BudgetState | dict[str, Any] | None:
         bkey = key.encode()
-        raw = self.budgets.data.get(bkey)
+        raw = _store_dict(self.budgets).get(bkey)
         if raw is None:
             return self.policies.seed(key)
         parsed = self._parsed_budgets.get(bkey)
@@ -593,7 +600,7 @@ class LedgerApp:
         return orjson.loads(raw)
 
     def _load_scope_budget(self, key: str) -> dict[str, Any] | None:
-        raw = self.scope_budgets.data.get(key.encode())
+        raw = _store_dict(self.scope_budgets).get(key.encode())
         return self.policies.seed(key) if raw is None else orjson.loads(raw)
 
     def partition_report(self) -> str:
