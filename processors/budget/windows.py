@@ -81,7 +81,10 @@ def window_end(window: Window, start: datetime | None, timezone: str = "UTC") ->
     if window is Window.LIFETIME or start is None:
         return None
     if window in CALENDAR:
-        local = start.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
+        # from the period's first midnight on the wall clock: where a zone skips midnight (a DST
+        # change at 00:00, America/Havana) the period began at 01:00, and a day later is not the
+        # next period's start
+        local = start.astimezone(ZoneInfo(timezone)).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
         if window is Window.CALENDAR_DAY:
             later = local + timedelta(days=1)
         elif window is Window.CALENDAR_WEEK:
