@@ -135,17 +135,21 @@ def direct(app: Any, intake: Any) -> None:
 def fetched(consumer: Any, records: Any, active_partitions: Any, generation_id: int) -> Iterator[tuple[Any, Any]]:
     """The messages of one fetch as faust's `Consumer.getmany` yields them: partitions in turn (its
     scheduler), none once the flow stops or the generation changes, none of a partition no longer
-    active; each partition's end offset given to the monitor."""
+    active; each partition's end offset given to the monitor (once per fetch: faust asked aiokafka
+    for it at every message, four Python calls for the same number)."""
     app = consumer.app
     to_message = consumer._to_message
     buffered = consumer._buffered_partitions
     track_end_offset = app.monitor.track_tp_end_offset
     highwater = consumer.highwater
+    tracked: set[Any] = set()
     for tp, record in consumer.scheduler.iterate(records):
         if not consumer.flow_active or app.consumer_generation_id != generation_id:
             return
         if active_partitions is None or tp in active_partitions or tp in buffered:
-            track_end_offset(tp, highwater(tp))
+            if tp not in tracked:
+                tracked.add(tp)
+                track_end_offset(tp, highwater(tp))
             yield tp, to_message(tp, record)
 
 
@@ -175,8 +179,8 @@ async def deliver(consumer: Any, messages: Iterable[tuple[Any, Any]]) -> None:
         intake = intakes.get(message.topic) if intakes else None
         if intake is None:
             await callback(message)
-        else:
-            await intake.put(message)
+        elif not intake.offer(message):
+            await intake.put(message)  # full: wait for room, as faust waits on a full stream buffer
         read_offset[tp] = offset
 
 

@@ -46,13 +46,21 @@ class Intake:
     def __len__(self) -> int:
         return len(self._messages)
 
+    def offer(self, message: Any) -> bool:
+        """Queue a message if there is room; False (nothing queued) when `maxsize` are queued.
+        `put` without a coroutine per message, for the delivery of a fetch."""
+        messages = self._messages
+        if len(messages) >= self.maxsize:
+            return False
+        messages.append(message)
+        if len(messages) >= self._want:
+            self._ready.set()
+        return True
+
     async def put(self, message: Any) -> None:
-        while len(self._messages) >= self.maxsize:
+        while not self.offer(message):
             self._room.clear()
             await self._room.wait()
-        self._messages.append(message)
-        if len(self._messages) >= self._want:
-            self._ready.set()
 
     def clear(self) -> None:
         """Drop what is queued (faust's flow control, at a rebalance): read again from the

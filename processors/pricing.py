@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
 import genai_prices
-from genai_prices import Usage, calc_price
+from genai_prices import Usage, calc_price, data_snapshot
 
 from agentledger.settings import Settings
 from processors.price_cache import linear_price
@@ -43,13 +43,20 @@ SOURCE_NONE = "none"
 
 def genai_prices_version() -> str:
     """`genai-prices <version>`, plus the snapshot time when prices were auto-updated."""
-    from genai_prices import data_snapshot
-
+    global _last_version
     snap = data_snapshot.get_snapshot()
+    last = _last_version
+    if last[0] is snap:
+        return last[1]  # the snapshot of the last call (genai-prices swaps the object to update)
     version = f"genai-prices {genai_prices.__version__}"
     if snap.from_auto_update:
         version += f"@{snap.timestamp:%Y%m%dT%H%M%S}"
+    _last_version = (snap, version)
     return version
+
+
+_last_version: tuple[object, str] = (None, "")
+"""The snapshot `genai_prices_version` last saw and its version, replaced whole (threads read it)."""
 
 
 class PricingError(ValueError):
@@ -80,10 +87,13 @@ def _construct_priced(values: dict[str, Any]) -> PricedEvent:
     return event
 
 
+MIN_MONEY = -MAX_MONEY
+
+
 def _money(name: str, value: Decimal) -> Decimal:
     """`value` rounded to the contract's 12 places, checked against SignedMoney's bounds."""
     rounded = value.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
-    if not -MAX_MONEY <= rounded <= MAX_MONEY:
+    if not MIN_MONEY <= rounded <= MAX_MONEY:
         raise PricingError(f"{name} of {rounded} USD is outside the ±{MAX_MONEY} USD one call may cost")
     return rounded
 
@@ -123,9 +133,10 @@ def genai_usage(event: CostEvent) -> Usage:
     return Usage(**values)
 
 
-def _genai_price(event: CostEvent) -> _Price | None:
+def _genai_price(event: CostEvent, tokens: tuple[int, int, int, int, int, bool]) -> _Price | None:
+    """`tokens`: `_tokens_for(event)`."""
     assert event.model is not None
-    if (fast := linear_price(event.provider, event.model, event.occurred_at, _tokens_for(event))) is not None:
+    if (fast := linear_price(event.provider, event.model, event.occurred_at, tokens)) is not None:
         return _Price(fast.input_price, fast.output_price)
     try:
         calc = calc_price(
@@ -149,12 +160,13 @@ def _per_mtok(tokens: int, price: Decimal) -> Decimal:
     return Decimal(tokens) * price / MTOK
 
 
-def _rate_card_price(event: CostEvent, card: RateCard) -> _Price | None:
+def _rate_card_price(event: CostEvent, card: RateCard, tokens: tuple[int, int, int, int, int, bool]) -> _Price | None:
+    """`tokens`: `_tokens_for(event)`."""
     assert event.model is not None
     rate = card.model_rate(event.provider, event.model)
     if rate is None:
         return None
-    inp, out, cr, cw, _, _ = _tokens_for(event)
+    inp, out, cr, cw, _, _ = tokens
     cr_price = rate.cache_read_mtok if rate.cache_read_mtok is not None else rate.input_mtok
     cw_price = rate.cache_write_mtok if rate.cache_write_mtok is not None else rate.input_mtok
     input_cost = _per_mtok(inp, rate.input_mtok) + _per_mtok(cr, cr_price) + _per_mtok(cw, cw_price)
@@ -197,11 +209,12 @@ def price_event(
         # Built without re-validation (a third of pricing's time): `event` is validated already,
         # the sources and versions are ours and at most 64 characters, `now` is aware UTC, and the
         # amounts are checked here against the bounds SignedMoney would check.
+        rounded = _money("cost", cost)
         return _construct_priced(
             {
                 "event": event,
-                "cost": _money("cost", cost),
-                "list_cost": _money("list_cost", list_cost),
+                "cost": rounded,
+                "list_cost": rounded if list_cost is cost else _money("list_cost", list_cost),
                 "input_cost": _money("input_cost", input_cost),
                 "output_cost": _money("output_cost", output_cost),
                 "currency": "USD",
@@ -241,9 +254,10 @@ def price_event(
 
     # llm_call, call_started without an estimate, call_aborted that consumed tokens
     assert event.model is not None
-    clamped = _tokens_for(event)[5]
-    listed = _genai_price(event)
-    custom = _rate_card_price(event, rate_card) if rate_card else None
+    tokens = _tokens_for(event)
+    clamped = tokens[5]
+    listed = _genai_price(event, tokens)
+    custom = _rate_card_price(event, rate_card, tokens) if rate_card else None
     if custom is not None:
         list_cost = listed.total if listed is not None else custom.total
         return priced(
@@ -268,9 +282,10 @@ def price_event(
                 output_cost=listed.output_cost * factor,
                 clamped=clamped,
             )
+        total = listed.total
         return priced(
-            listed.total,
-            listed.total,
+            total,
+            total,
             SOURCE_GENAI,
             gp_version,
             input_cost=listed.input_cost,
@@ -283,7 +298,7 @@ def price_event(
         return priced(event.reported_cost, event.reported_cost, SOURCE_REPORTED, SOURCE_REPORTED, clamped=clamped)
     if unpriced_policy == "block":
         return priced(ZERO, ZERO, SOURCE_NONE, SOURCE_NONE, unpriced=True, clamped=clamped)
-    inp, out, cr, cw, _, _ = _tokens_for(event)
+    inp, out, cr, cw, _, _ = tokens
     input_cost = _per_mtok(inp + cr + cw, fallback_input_per_mtok)
     output_cost = _per_mtok(out, fallback_output_per_mtok)
     total = input_cost + output_cost

@@ -21,7 +21,8 @@ def _default(value: Any) -> Any:
 
 def encode(model: BaseModel) -> bytes:
     """The model as JSON without its None fields, by pydantic-core's serializer (twice as fast as
-    model_dump + orjson). Datetimes are RFC 3339 with `Z` for UTC, Decimals are strings."""
+    model_dump + orjson). Datetimes are RFC 3339 with `Z` for UTC, without the fraction when it is
+    zero (`2026-03-01T12:00:53Z`, `2026-03-01T12:00:53.500000Z`); Decimals are strings."""
     return model.__pydantic_serializer__.to_json(model, exclude_none=True)
 
 

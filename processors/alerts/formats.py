@@ -118,4 +118,6 @@ def slack_message(alert: Alert) -> dict[str, Any]:
 def render(alert: Alert, fmt: Format) -> Payload:
     if fmt == "slack":
         return Payload(orjson.dumps(slack_message(alert)), headers_for(alert))
-    return Payload(codec.encode(alert), headers_for(alert))
+    # orjson's datetimes (`+00:00`), as this payload has always had them: webhook receivers are
+    # not ours, and one on Python 3.10 parsing with datetime.fromisoformat refuses a `Z`
+    return Payload(codec.dumps(alert.model_dump(exclude_none=True)), headers_for(alert))

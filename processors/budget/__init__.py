@@ -20,7 +20,7 @@ from processors.budget.ledger import (
     usage_of,
     window_open,
 )
-from processors.budget.windows import calendar_start, event_time, window_end, window_start
+from processors.budget.windows import EventClock, calendar_start, event_time, window_end, window_start
 
 __all__ = [
     "DEFAULT_SESSION_POLICY_ID",
@@ -28,6 +28,7 @@ __all__ = [
     "BudgetBook",
     "BudgetState",
     "Crossing",
+    "EventClock",
     "Usage",
     "alert_id",
     "attribution_of",

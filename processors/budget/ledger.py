@@ -188,7 +188,7 @@ class BudgetState:
         out: dict[str, Any] = {
             "tokens": self.tokens,
             "cost": str(self.cost),
-            "buckets": {str(b): [t, str(c)] for b, (t, c) in self.buckets.items()},
+            "buckets": {str(b): [t, str(c)] for b, (t, c) in self.buckets.items()} if self.buckets else {},
             "fired": dict(self.fired),
         }
         if self.reserved:
@@ -263,10 +263,52 @@ def alert_id(policy_id: str, scope_val: str, start: datetime | None, threshold: 
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _reached(policy: BudgetPolicy, threshold: Decimal, tokens: int, cost: Decimal) -> bool:
-    if policy.limit_tokens is not None and tokens >= threshold * policy.limit_tokens:
-        return True
-    return policy.limit_cost is not None and cost >= threshold * policy.limit_cost
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A fraction of a policy's limit, as `record_scope` tests it: the key it fires under in
+    `BudgetState.fired`, and the tokens or cost that reach it (fraction times limit, exact)."""
+
+    fraction: Decimal
+    key: str
+    tokens: Decimal | None
+    cost: Decimal | None
+    step: Action | None = None
+
+    def reached(self, tokens: int, cost: Decimal) -> bool:
+        return (self.tokens is not None and tokens >= self.tokens) or (self.cost is not None and cost >= self.cost)
+
+
+def _mark(policy: BudgetPolicy, fraction: Decimal, key: str, step: Action | None = None) -> _Mark:
+    tokens = None if policy.limit_tokens is None else fraction * policy.limit_tokens
+    cost = None if policy.limit_cost is None else fraction * policy.limit_cost
+    return _Mark(fraction, key, tokens, cost, step)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What `record_scope` derives from a policy for every event, derived once per policy."""
+
+    rolling: bool
+    wide: bool
+    """Scope wider than a session: the state keeps its sessions."""
+    thresholds: tuple[_Mark, ...]
+    """Alert thresholds, lowest first."""
+    steps: tuple[_Mark, ...]
+    """Escalation steps, lowest fraction first."""
+    limit: _Mark
+
+
+def _plan(policy: BudgetPolicy) -> _Plan:
+    return _Plan(
+        rolling=is_rolling(policy.window),
+        wide=Scope.SESSION not in policy.scope,
+        thresholds=tuple(_mark(policy, t, str(t)) for t in sorted(policy.thresholds)),
+        steps=tuple(
+            _mark(policy, fraction, f"{ACTION_KEY}:{step.value}", step)
+            for step, fraction in sorted(policy.escalation.items(), key=lambda kv: kv[1])
+        ),
+        limit=_mark(policy, ONE, ACTION_KEY),
+    )
 
 
 def window_open(window: Window, at: datetime, now: datetime, timezone: str = "UTC") -> bool:
@@ -288,6 +330,17 @@ class BudgetBook:
         self._loader = loader
         """Reads a state missing from memory (e.g. restored from a changelog): its JSON form, or
         a BudgetState the book may change in place (the loader's own parsed copy)."""
+        self._plans: dict[str, tuple[BudgetPolicy, _Plan]] = {}
+        """policy id -> the policy object last seen under it and its plan (a changed policy is a
+        new object: its plan is made again)."""
+
+    def _plan_of(self, policy: BudgetPolicy) -> _Plan:
+        known = self._plans.get(policy.policy_id)
+        if known is not None and known[0] is policy:
+            return known[1]
+        plan = _plan(policy)
+        self._plans[policy.policy_id] = (policy, plan)
+        return plan
 
     def load(self, key: str, data: Mapping[str, Any] | None) -> None:
         if data is None:
@@ -366,26 +419,29 @@ class BudgetBook:
         """`record` for one policy and scope value already known to cover the event."""
         if late and now is not None and not window_open(policy.window, at, now, policy.timezone):
             return []
+        plan = self._plan_of(policy)
         start = window_start(policy.window, at, policy.timezone)
         key = state_key(policy.policy_id, sval, start, policy.window)
         state = self._state(key)
-        if state.since is not None and now is not None and now.timestamp() < state.since:
+        now_s = None if now is None else now.timestamp()
+        if state.since is not None and now_s is not None and now_s < state.since:
             # processed before the opening balance was read: it may be counted in it already
             return []
         self.dirty[key] = tag
-        if now is not None:
-            state.expire(now.timestamp())
+        if now_s is not None and state.reserved:
+            state.expire(now_s)
         if usage.release is not None:
             state.reserved.pop(usage.release, None)
         if usage.reserve is not None:
             state.reserved[usage.reserve] = [usage.reserve_tokens, usage.reserve_cost, usage.expires_at_s]
-        if is_rolling(policy.window):
+        rolling = plan.rolling
+        if rolling:
             spent_tokens, spent_cost, start = self._add_rolling(policy.window, state, at, usage.tokens, usage.cost)
         else:
             state.tokens += usage.tokens
             state.cost += usage.cost
             spent_tokens, spent_cost = state.tokens, state.cost
-        wide = session_id is not None and Scope.SESSION not in policy.scope
+        wide = session_id is not None and plan.wide
         joined = False
         if wide:
             assert session_id is not None
@@ -396,45 +452,49 @@ class BudgetBook:
             if len(state.sessions) > MAX_SESSIONS_PER_STATE:
                 smallest = min((s for s in state.sessions if s != session_id), key=lambda s: state.sessions[s][1])
                 del state.sessions[smallest]
-        fired_in = _window_tag(start)
-        rolling = is_rolling(policy.window)
+        fired = state.fired
         out: list[Crossing] = []
 
         def crossing(threshold: Decimal, **extra: Any) -> Crossing:
             return Crossing(policy, sval, start, threshold, spent_tokens, spent_cost, **extra)
 
-        for threshold in sorted(policy.thresholds):
-            t_key = str(threshold)
-            if not _reached(policy, threshold, spent_tokens, spent_cost):
+        for mark in plan.thresholds:
+            if not mark.reached(spent_tokens, spent_cost):
                 if rolling:
-                    state.fired.pop(t_key, None)  # spend slid back below: re-arm
+                    fired.pop(mark.key, None)  # spend slid back below: re-arm
                 continue
-            if t_key in state.fired:
+            if mark.key in fired:
                 continue
-            state.fired[t_key] = fired_in
-            out.append(crossing(threshold, top_sessions=self._top(state, session_id)))
-        res_tokens, res_cost = state.reserved_tokens, state.reserved_cost
-        extra: dict[str, Any] = {"limit": True, "reserved_tokens": res_tokens, "reserved_cost": res_cost}
-        everyone = tuple(state.sessions) if wide else ((session_id,) if session_id else ())
-        for step, fraction in sorted(policy.escalation.items(), key=lambda kv: kv[1]):
-            step_key = f"{ACTION_KEY}:{step.value}"
-            if not _reached(policy, fraction, spent_tokens + res_tokens, spent_cost + res_cost):
+            fired[mark.key] = _window_tag(start)
+            out.append(crossing(mark.fraction, top_sessions=self._top(state, session_id)))
+        res_tokens, res_cost = (state.reserved_tokens, state.reserved_cost) if state.reserved else (0, ZERO)
+        exposed_tokens, exposed_cost = spent_tokens + res_tokens, spent_cost + res_cost
+
+        def limit_crossing(threshold: Decimal, sessions: tuple[str, ...], step: Action | None = None) -> Crossing:
+            return crossing(
+                threshold, sessions=sessions, step=step, limit=True, reserved_tokens=res_tokens, reserved_cost=res_cost
+            )
+
+        def everyone() -> tuple[str, ...]:
+            return tuple(state.sessions) if wide else ((session_id,) if session_id else ())
+
+        for mark in plan.steps:
+            if not mark.reached(exposed_tokens, exposed_cost):
                 if rolling:
-                    state.fired.pop(step_key, None)
-            elif step_key not in state.fired:
-                state.fired[step_key] = fired_in
-                out.append(crossing(fraction, sessions=everyone, step=step, **extra))
-        exposed = _reached(policy, ONE, spent_tokens + res_tokens, spent_cost + res_cost)
-        if not exposed and rolling:
-            state.fired.pop(ACTION_KEY, None)
-        elif exposed:
-            if ACTION_KEY not in state.fired:
-                state.fired[ACTION_KEY] = fired_in
-                out.append(crossing(ONE, sessions=everyone, **extra))
-            elif wide and joined:
-                # a session that starts in a breached scope is refused at its first event
-                assert session_id is not None
-                out.append(crossing(ONE, sessions=(session_id,), **extra))
+                    fired.pop(mark.key, None)
+            elif mark.key not in fired:
+                fired[mark.key] = _window_tag(start)
+                out.append(limit_crossing(mark.fraction, everyone(), mark.step))
+        if not plan.limit.reached(exposed_tokens, exposed_cost):
+            if rolling:
+                fired.pop(ACTION_KEY, None)
+        elif ACTION_KEY not in fired:
+            fired[ACTION_KEY] = _window_tag(start)
+            out.append(limit_crossing(ONE, everyone()))
+        elif wide and joined:
+            # a session that starts in a breached scope is refused at its first event
+            assert session_id is not None
+            out.append(limit_crossing(ONE, (session_id,)))
         return out
 
     @staticmethod

@@ -7,6 +7,7 @@ buckets, so they slide without a reset job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -80,7 +81,10 @@ def window_end(window: Window, start: datetime | None, timezone: str = "UTC") ->
     if window is Window.LIFETIME or start is None:
         return None
     if window in CALENDAR:
-        local = start.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
+        # from the period's first midnight on the wall clock: where a zone skips midnight (a DST
+        # change at 00:00, America/Havana) the period began at 01:00, and a day later is not the
+        # next period's start
+        local = start.astimezone(ZoneInfo(timezone)).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
         if window is Window.CALENDAR_DAY:
             later = local + timedelta(days=1)
         elif window is Window.CALENDAR_WEEK:
@@ -93,6 +97,27 @@ def window_end(window: Window, start: datetime | None, timezone: str = "UTC") ->
     return start + length  # the oldest bucket is `start`; it counts until the window has moved a whole length
 
 
+@dataclass(frozen=True, slots=True)
+class EventClock:
+    """`event_time` for every event seen at one `now` (a worker's batch), its bounds worked out once."""
+
+    now: datetime
+    latest: datetime
+    """A date after this is clamped to `now`."""
+    on_time_from: datetime
+    """A date before this is late."""
+
+    @classmethod
+    def at(cls, now: datetime, max_future_skew_s: float, late_grace_s: float) -> EventClock:
+        return cls(now, now + timedelta(seconds=max_future_skew_s), now - timedelta(seconds=late_grace_s))
+
+    def time_of(self, occurred_at: datetime) -> tuple[datetime, bool, bool]:
+        """`event_time(occurred_at, now, ...)`."""
+        if occurred_at > self.latest:
+            return self.now, True, False
+        return occurred_at, False, occurred_at < self.on_time_from
+
+
 def event_time(
     occurred_at: datetime, now: datetime, max_future_skew_s: float, late_grace_s: float
 ) -> tuple[datetime, bool, bool]:
@@ -101,6 +126,4 @@ def event_time(
     A date further in the future than the skew allows is clamped to `now`; an event older than
     the grace period is late: still charged, and counted only in windows still open at `now`.
     """
-    if occurred_at > now + timedelta(seconds=max_future_skew_s):
-        return now, True, False
-    return occurred_at, False, occurred_at < now - timedelta(seconds=late_grace_s)
+    return EventClock.at(now, max_future_skew_s, late_grace_s).time_of(occurred_at)

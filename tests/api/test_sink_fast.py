@@ -181,11 +181,61 @@ def test_datetimes_without_a_fraction_keep_their_second(warehouse, priced_event_
         priced_event_factory(occurred_at=whole + timedelta(microseconds=999_999), received_at=None),
     ]
     blob = codec.encode(events[0])
-    assert b'"occurred_at":"2026-03-01T12:00:53+00:00"' in blob  # orjson leaves out a zero fraction
+    assert b'"occurred_at":"2026-03-01T12:00:53Z"' in blob  # pydantic-core leaves out a zero fraction
     fast, model = _both_paths(warehouse, events)
     assert fast == model
     assert [r["occurred_at"] for r in fast] == [whole, whole + timedelta(microseconds=999_999)]
     assert [r["received_at"] for r in fast] == [whole + timedelta(microseconds=1), None]
+
+
+@pytest.mark.unit
+def test_a_z_and_an_offset_store_the_same_instant(warehouse):
+    # The worker writes `...Z` (pydantic-core); records written before, by orjson, say `+00:00`,
+    # and a partition being replayed holds both. The sink passes the text through as it came.
+    at = datetime(2026, 3, 1, 12, 0, 53, tzinfo=UTC)
+    cases = {
+        "2026-03-01T12:00:53Z": at,
+        "2026-03-01T12:00:53+00:00": at,
+        "2026-03-01T12:00:53.000001Z": at + timedelta(microseconds=1),
+        "2026-03-01T12:00:53.000001+00:00": at + timedelta(microseconds=1),
+        "2026-03-01T12:00:53.999999Z": at + timedelta(microseconds=999_999),
+        "2026-03-01T12:00:53.500000+00:00": at + timedelta(microseconds=500_000),
+        "2026-03-01T23:59:59.999999Z": datetime(2026, 3, 1, 23, 59, 59, 999_999, tzinfo=UTC),
+    }
+    template = orjson.loads(codec.encode(PricedEvent.model_validate(_one_priced_event())))
+    topic = f"text-{next(_topics)}"
+    rows = []
+    for offset, text in enumerate(cases):
+        doc = {**template, "priced_at": text, "event": {**template["event"], "occurred_at": text}}
+        assert fast_shape_ok(doc)
+        rows.append(fast_row(doc, topic, 0, offset))
+    landed = _land(warehouse, rows)
+    assert [(r["occurred_at"], r["priced_at"]) for r in landed] == [(v, v) for v in cases.values()]
+    assert codec.encode(PricedEvent.model_validate(_one_priced_event())).count(b'Z"') == 3  # the worker's text
+
+
+def _one_priced_event() -> dict[str, Any]:
+    at = datetime(2026, 3, 1, 12, 0, 53, tzinfo=UTC)
+    event = CostEvent(
+        event_id="0" * 32,
+        kind=EventKind.LLM_CALL,
+        occurred_at=at,
+        received_at=at,
+        session_id="s",
+        workflow_id="w",
+        step=0,
+        step_name="llm",
+        agent_type="a",
+        model="gpt-4o",
+    )
+    return {
+        "event": event,
+        "cost": Decimal("0.1"),
+        "list_cost": Decimal("0.1"),
+        "price_source": "genai-prices",
+        "price_version": "v",
+        "priced_at": at,
+    }
 
 
 @pytest.mark.unit

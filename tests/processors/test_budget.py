@@ -164,3 +164,18 @@ def test_every_changed_key_keeps_the_callers_tag():
     ]
     book.apply(policies, attr(), T0, 2500, Decimal(0), tag=1)
     assert sorted(tag for _, tag in book.take_dirty().values()) == [1, 1]
+
+
+def test_a_changed_policy_is_applied_from_its_next_event():
+    # the book works out a policy's thresholds and limits once; a new version of the policy (a new
+    # object under the same id) must count from the next event, not the one seen first
+    book = BudgetBook()
+    first = BudgetPolicy(policy_id="p", scope=(Scope.SESSION,), limit_tokens=1000, thresholds=(Decimal("0.9"),))
+    assert book.apply([first], attr(), T0, 500, Decimal(0)) == []
+    tighter = first.model_copy(update={"limit_tokens": 600, "escalation": {Action.WARN: Decimal("0.5")}})
+    got = book.apply([tighter], attr(), T0, 50, Decimal(0))
+    assert [(c.threshold, c.spent_tokens, c.at_limit, c.action) for c in got] == [
+        (Decimal("0.9"), 550, False, Action.KILL),
+        (Decimal("0.5"), 550, True, Action.WARN),
+    ]
+    assert book.apply([first], attr(), T0, 50, Decimal(0)) == []  # 600 of 1000 again: under 0.9

@@ -126,6 +126,17 @@ def test_a_calendar_period_ends_where_the_next_one_starts(window: Window, at: da
     assert calendar_start(window, end - timedelta(microseconds=1), zone) == start
 
 
+@pytest.mark.parametrize("window", [Window.CALENDAR_DAY, Window.CALENDAR_WEEK, Window.CALENDAR_MONTH])
+def test_a_period_that_begins_after_a_skipped_midnight_ends_at_the_next_midnight(window: Window) -> None:
+    # Havana's clocks went from 00:00 to 01:00 on Sunday 2 April 2000: that day began at 01:00
+    at = datetime(2000, 4, 2, 12, tzinfo=UTC)
+    start = calendar_start(window, at, "America/Havana")
+    end = window_end(window, start, "America/Havana")
+    assert end is not None
+    assert calendar_start(window, end, "America/Havana") == end
+    assert end.astimezone(ZoneInfo("America/Havana")).hour == 0
+
+
 @given(rolling_windows, instants)
 def test_a_rolling_window_stops_counting_its_oldest_bucket_at_its_end(window: Window, at: datetime) -> None:
     start = window_start(window, at)

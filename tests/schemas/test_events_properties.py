@@ -89,8 +89,9 @@ def test_a_priced_event_keeps_every_decimal(raw: dict[str, Any], cost: Decimal, 
 
 
 def _orjson_encoding(model: Any) -> bytes:
-    """The wire format as it was written before pydantic-core's serializer took over: readers
-    (webhook receivers, DLQ tools) must see the same bytes."""
+    """The wire format as orjson wrote it before pydantic-core's serializer took over, but for a
+    UTC datetime's `Z` (orjson wrote `+00:00`; every reader takes both, see tests/api/test_sink_fast.py):
+    readers (the sink's fast path, DLQ tools) must see the same bytes otherwise."""
 
     def default(value: Any) -> Any:
         if isinstance(value, Decimal):
@@ -99,7 +100,7 @@ def _orjson_encoding(model: Any) -> bytes:
             return list(value)
         raise TypeError(type(value).__name__)
 
-    return orjson.dumps(model.model_dump(mode="python", exclude_none=True), default=default)
+    return orjson.dumps(model.model_dump(mode="python", exclude_none=True), default=default, option=orjson.OPT_UTC_Z)
 
 
 @given(raw_events(), money, money, instants)
