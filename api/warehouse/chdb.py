@@ -72,9 +72,9 @@ def _json_default(value: Any) -> Any:
 
 
 INSERT_SETTINGS = "date_time_input_format = 'best_effort', input_format_null_as_default = 0"
-"""Settings of every insert. best_effort reads the ISO 8601 text orjson writes for a datetime
-('2026-03-01T12:00:00.5+00:00', or without a fraction when it is zero) and the text the sink
-passes through from the wire, offset and all, to the microsecond. null_as_default = 0 makes a
+"""Settings of every insert. best_effort reads ISO 8601 text to the microsecond, in UTC with a `Z`
+as the worker writes it ('2026-03-01T12:00:00.5Z', no fraction when it is zero; the sink passes
+it through from the wire) or with an offset as orjson writes it ('2026-03-01T12:00:00.5+00:00'). null_as_default = 0 makes a
 null in a column that is not Nullable an error instead of a silent 0 (a missing cost)."""
 
 
