@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     sink_batch_seconds: float = Field(default=1.0, gt=0, le=60)
     """A sink batch, one block in each table, holds up to `sink_batch_rows` records or what came
     in `sink_batch_seconds`. At 20,000 rather than 10,000 rows, 200,000 events make 10 parts in
-    each table instead of 20: the sink's CPU per event 33 -> 30 µs, its merges 6.5 -> 4.0
-    (bench.pipeline). Below 20,000 events/s the seconds bound a batch first."""
+    each table instead of 20: the sink's CPU per event 31-32 -> 27-28 µs, its merges 5.1-5.6 ->
+    2.8-3.2 (bench.pipeline, two runs of each, alternated). Below 20,000 events/s the seconds
+    bound a batch first."""
     sink_fault_crash_file: Path | None = None
     """Fault injection for the chaos tests only; leave unset. While this file exists, the sink
     process exits at once (os._exit, no clean-up) after a batch's inserts and before it commits
