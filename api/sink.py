@@ -35,7 +35,6 @@ same offsets sends the same block.
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import operator
 import os
@@ -50,6 +49,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import BaseModel, ValidationError
 
+from agentledger import heap
 from agentledger.kafka_admin import ensure_topics, wait_for_broker
 from agentledger.settings import Settings
 from api import metrics
@@ -548,9 +548,8 @@ class Sink:
         self._consumer.subscribe([self.topic], on_revoke=self._on_revoke)
         # What is alive by now lives as long as the process (modules, models, the engine's
         # bindings): out of the collector's full passes, which a batch's rows set off every
-        # few thousand allocations and which would walk it all each time.
-        gc.collect()
-        gc.freeze()
+        # few thousand allocations and which would walk it all each time; then fewer passes.
+        heap.settle()
         batch_rows = self.settings.sink_batch_rows
         batch_started: float | None = None
         batch_read = 0

@@ -5,11 +5,11 @@ Also runnable as `python -m processors.worker`, configured by AGENTLEDGER_* vari
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 from typing import Any
 
+from agentledger import heap
 from agentledger.kafka_admin import ensure_topics, wait_for_broker
 from agentledger.settings import Settings
 
@@ -25,30 +25,19 @@ def _serve_metrics(port: int) -> None:
         log.warning("metrics server not started on port %d: %s", port, exc)
 
 
-# The collector's thresholds once the worker runs (Python's are 700, 10, 10). An event allocates
-# dozens of containers, so at 700 a young collection ran every 120 events or so and promoted each
-# batch's live objects, and a full one (over the budget states kept since the freeze) came every
-# 13,000 events: 0.8-0.9 s of 200,000 events' worth of work in bench.pipeline, against 0.2-0.3 s
-# with these (about 3 us of CPU per event).
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
 def freeze_heap_when_ready(app: Any) -> None:
     """Once the worker is ready, move everything that exists then out of the garbage collector's
     reach (`gc.freeze`): modules, faust, aiokafka, genai-prices' price data live as long as the
     process. A full collection then scans only what came later; it scanned all of it, 40-60 ms
     with the event loop stopped, a few times a minute (bench.signal_latency's outliers). Then the
-    collector runs less often (`GC_THRESHOLDS`)."""
+    collector runs less often (`agentledger.heap.GC_THRESHOLDS`)."""
 
     async def freeze() -> None:
         await app.tables.recovery.completed.wait()
         from genai_prices import data_snapshot
 
         data_snapshot.get_snapshot()  # loaded on first use otherwise: after the freeze
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
-        log.info("froze %d objects of the started worker", gc.get_freeze_count())
+        log.info("froze %d objects of the started worker", heap.settle())
 
     app.task(freeze)
 
