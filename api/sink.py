@@ -250,9 +250,9 @@ LEDGER_LOOKUP = (
     "WHERE event_id IN (SELECT id FROM format(JSONCompactColumns, 'id String', {ids:String}))"
 )
 """Which of a block's event ids the ledger has seen, and where (bench.ledger_lookup times it).
-The ids travel as one JSONCompactColumns text (`lookup_ids`) that the engine parses as data: an
-`Array(String)` parameter is parsed as SQL, 2.5 µs an id, a third of the lookup on a ledger of
-200,000 rows against 0.6 this way (bench/ledger_lookup.py)."""
+The ids travel as one JSONCompactColumns text (`lookup_ids`) that the engine parses as data; an
+`Array(String)` parameter is parsed as SQL. CPU for 10,000 new ids: 24.7 ms on an empty ledger
+and 30.5 ms at 200,000 rows that way, 6.1 and 12.4 ms this way."""
 
 
 def lookup_ids(ids: Sequence[str]) -> str:

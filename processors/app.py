@@ -490,9 +490,8 @@ def _store_put(table: Any, key: bytes, value: bytes, partition: int) -> None:
     The caller sends the changelog record itself (once per key per batch). Recording the key's
     partition lets faust drop it from memory when that partition moves to another worker.
     """
-    store = table.data
-    store.data[key] = value  # as `_store_dict`
-    store._key_partition[key] = partition
+    _store_dict(table)[key] = value
+    table.data._key_partition[key] = partition
 
 
 class LedgerApp:
@@ -875,8 +874,8 @@ class LedgerApp:
         now: datetime,
         now_s: float,
         partition: int,
-        late: bool = False,
-        now_text: str | None = None,
+        late: bool,
+        now_text: str,
     ) -> tuple[list[Signal], list[tuple[bytes, bytes]], list[tuple[str, dict[str, Any]]]]:
         """(signals, alerts, (scope value, usage item) to forward) for one priced event.
 
@@ -884,7 +883,8 @@ class LedgerApp:
         this partition. Wider ones (team, agent type, ...) are spread over every partition, so
         their usage is forwarded to `scope-usage`, keyed by scope value, to the one owner of
         that key (`prepare_scope_batch`): one record per scope value per source partition per
-        batch, with the items of its events in order. `now_text`: `now.isoformat()`, once per batch.
+        batch, with the items of its events in order. `now_s` and `now_text` are `now` as epoch
+        seconds and ISO 8601, worked out once per batch.
         """
         event = priced.event
         signals: list[Signal] = []
@@ -911,7 +911,6 @@ class LedgerApp:
             if sval is not None:
                 wide.setdefault(sval, []).append(policy.policy_id)
         at_text = event.occurred_at.isoformat()
-        now_text = now_text or now.isoformat()
         forwards = [
             (
                 sval,
