@@ -29,6 +29,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from faust.sensors.base import Sensor
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
 
 class Intake:
     """One topic's messages, from `fetching.deliver` to one agent, in batches."""
@@ -114,13 +118,52 @@ class Intake:
 
 
 def track(consumer: Any, messages: Sequence[Any]) -> None:
-    """Mark a batch's messages unacked, so a revocation waits for their delivery."""
-    track_message = consumer.track_message
+    """Mark a batch's messages unacked, so a revocation waits for their delivery: faust's
+    `Consumer.track_message` for each, its sensors called only when one of them looks at
+    messages (faust's Monitor does; the worker's `fetching.LeanMonitor` does not)."""
+    add = consumer._unacked_messages.add
     for message in messages:
-        track_message(message)
+        add(message)
+    sensors = consumer.app.sensors
+    if any(type(sensor).on_message_in is not Sensor.on_message_in for sensor in sensors):
+        on_message_in = consumer._on_message_in
+        for message in messages:
+            on_message_in(message.tp, message.offset, message)
 
 
 def ack(consumer: Any, messages: Sequence[Any]) -> None:
-    consumer_ack = consumer.ack
-    for message in messages:
-        consumer_ack(message)
+    """faust's `Consumer.ack` for each message of a batch, under its lock once: the same
+    bookkeeping (the message's `acked`, the partition's acked offsets and index, the count
+    towards `broker_commit_every`, the unacked set), one wake-up of a wait for acks."""
+    acks_enabled = consumer.app.topics.acks_enabled_for
+    enabled: dict[str, bool] = {}
+    discard = consumer._unacked_messages.discard
+    committed_offset = consumer._committed_offset
+    acked_index = consumer._acked_index
+    acked = consumer._acked
+    newly = 0
+    with ack_lock:
+        try:
+            for message in messages:
+                if message.acked:
+                    continue
+                message.acked = True
+                topic = message.topic
+                on = enabled.get(topic)
+                if on is None:
+                    on = enabled[topic] = acks_enabled(topic)
+                if not on:
+                    continue
+                tp, offset = message.tp, message.offset
+                committed = committed_offset[tp]
+                if committed is None or offset >= committed:
+                    index = acked_index[tp]
+                    if offset not in index:
+                        discard(message)
+                        index.add(offset)
+                        acked[tp].append(offset)
+                        newly += 1
+        finally:
+            consumer._n_acked += newly
+            if any(enabled.values()):
+                notify(consumer._waiting_for_ack)

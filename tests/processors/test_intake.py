@@ -4,10 +4,16 @@ Its effect under faults (rebalances, kill -9) is tested in test_faults.py and te
 from __future__ import annotations
 
 import asyncio
+import types
+import uuid
 from typing import Any
 
+import faust
 import pytest
+from faust.types import TP
 
+from processors import intake
+from processors.fetching import LeanMonitor
 from processors.intake import Intake
 
 pytestmark = pytest.mark.unit
@@ -125,3 +131,101 @@ def test_on_quiet_is_called_once_per_quiet_spell_after_a_batch() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["before", [1], "soon", [2], "quiet", [3]]
+
+
+def _consumer_with_messages(topic: str, offsets: list[tuple[int, int]]) -> tuple[Any, list[Any]]:
+    """A faust app's own (unstarted) consumer, with an agent on `topic` so its acks count, and
+    messages made by that consumer at (partition, offset)."""
+    app = faust.App(f"intake-{uuid.uuid4().hex[:6]}", broker="kafka://127.0.0.1:1", Monitor=LeanMonitor)
+    app.transport.loop = asyncio.get_running_loop()  # else it makes one of its own, never closed
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+
+    async def agent(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    app.agent(source)(agent)
+    app.topics._acking_topics.add(topic)  # what subscribing the agent's topic does: its acks count
+    consumer = app.consumer
+    consumer._committed_offset[TP(topic, 1)] = 10  # partition 1 committed up to offset 10
+    messages = [
+        consumer._to_message(
+            TP(topic, p),
+            types.SimpleNamespace(
+                topic=topic,
+                partition=p,
+                offset=o,
+                timestamp=0,
+                timestamp_type=0,
+                headers=[],
+                key=b"k",
+                value=b"v",
+                checksum=None,
+                serialized_key_size=1,
+                serialized_value_size=1,
+            ),
+        )
+        for p, o in offsets
+    ]
+    return consumer, messages
+
+
+def _ack_state(consumer: Any, messages: list[Any]) -> tuple[Any, ...]:
+    return (
+        [m.acked for m in messages],
+        {tp: list(v) for tp, v in consumer._acked.items()},
+        {tp: set(v) for tp, v in consumer._acked_index.items()},
+        consumer._n_acked,
+        sorted((m.tp.partition, m.offset) for m in consumer._unacked_messages),
+    )
+
+
+def test_a_batch_ack_leaves_the_consumer_as_faust_acking_each_message_does() -> None:
+    # partition 0 from the start, a repeat of offset 3, partition 1 below and above its commit
+    offsets = [(0, 1), (0, 2), (0, 3), (1, 4), (1, 12), (0, 3), (1, 13), (0, 5)]
+
+    async def scenario() -> tuple[Any, Any]:
+        states = []
+        for batched in (False, True):
+            consumer, messages = _consumer_with_messages("costs", offsets)
+            if batched:
+                intake.track(consumer, messages)
+            else:
+                for m in messages:
+                    consumer.track_message(m)
+            tracked = len(consumer._unacked_messages)
+            if batched:
+                intake.ack(consumer, messages[:5])
+                intake.ack(consumer, messages)  # again, and the rest: each message counts once
+            else:
+                for m in messages[:5] + messages:
+                    consumer.ack(m)
+            states.append((tracked, _ack_state(consumer, messages)))
+            consumer._thread.thread_loop.close()  # the consumer thread's loop, never started
+        return states[0], states[1]
+
+    by_faust, batched = asyncio.run(scenario())
+    assert batched == by_faust
+    tracked, (acked, _, index, n_acked, unacked) = batched
+    assert tracked == len(offsets) and all(acked)
+    # offset 4 is below partition 1's commit and the second offset 3 a repeat: neither counts, both stay
+    assert n_acked == 6 and unacked == [(0, 3), (1, 4)]
+    assert index == {TP("costs", 0): {1, 2, 3, 5}, TP("costs", 1): {12, 13}}
+
+
+def test_track_calls_the_sensors_only_when_one_looks_at_messages() -> None:
+    seen: list[int] = []
+
+    class Counting(LeanMonitor):
+        def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+            seen.append(offset)
+
+    async def scenario() -> None:
+        consumer, messages = _consumer_with_messages("costs", [(0, 1), (0, 2)])
+        intake.track(consumer, messages)  # the LeanMonitor alone: not called
+        consumer.app.sensors.add(Counting())
+        intake.track(consumer, messages)
+        consumer._thread.thread_loop.close()
+
+    asyncio.run(scenario())
+    assert seen == [1, 2]
