@@ -151,24 +151,19 @@ def split_policies(policies: Sequence[BudgetPolicy]) -> SplitPolicies:
 
 
 def received(event: CostEvent, received_at: datetime, occurred_at: datetime | None = None) -> CostEvent:
-    """`event.model_copy(update=...)` with `received_at` (and a clamped `occurred_at`), at less than
-    half its cost: a copy of the fields and the same four attributes pydantic sets. The values are
-    the worker's own aware UTC datetimes, as validation would leave them.
+    """The event stamped with `received_at` (and a clamped `occurred_at`) in place, as
+    `event.model_copy(update=...)` would set them, and returned: the worker stamps its own fresh
+    parse, which nothing else holds (0.2 µs an event; a copy cost 0.9). The values are the
+    worker's own aware UTC datetimes, as validation would leave them.
     tests/processors/test_validation.py checks the result equals pydantic's copy."""
-    values = event.__dict__.copy()
+    values = event.__dict__
     values["received_at"] = received_at
-    fields_set = event.__pydantic_fields_set__ | {"received_at"}
     if occurred_at is not None:
         values["occurred_at"] = occurred_at
-    copy = CostEvent.__new__(CostEvent)
-    _set_attribute(copy, "__dict__", values)
-    _set_attribute(copy, "__pydantic_fields_set__", fields_set)
-    _set_attribute(copy, "__pydantic_extra__", None)
-    _set_attribute(copy, "__pydantic_private__", None)
-    return copy
+    event.__pydantic_fields_set__.add("received_at")
+    return event
 
 
-_set_attribute = object.__setattr__
 # CostEvent.model_validate_json is this call inside a Python wrapper that cost 1 us an event
 _validate_event_json = CostEvent.__pydantic_validator__.validate_json
 

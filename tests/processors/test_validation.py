@@ -52,7 +52,7 @@ def test_valid_event_parses():
     ],
 )
 @pytest.mark.parametrize("clamped", [False, True])
-def test_received_is_pydantics_copy_with_the_receipt(overrides: dict[str, object], clamped: bool) -> None:
+def test_received_stamps_the_event_as_pydantics_copy_would(overrides: dict[str, object], clamped: bool) -> None:
     event = parse_event(orjson.dumps(make_event(**overrides)))
     assert isinstance(event, CostEvent)
     now = datetime(2026, 6, 1, 12, 0, 5, 123456, tzinfo=UTC)
@@ -60,7 +60,8 @@ def test_received_is_pydantics_copy_with_the_receipt(overrides: dict[str, object
     update: dict[str, object] = {"received_at": now} | ({"occurred_at": at} if at else {})
     expected = event.model_copy(update=update)
     got = received(event, now, at)
+    assert got is event  # stamped in place: the worker's own parse, held by nothing else
     assert got == expected
     assert got.__pydantic_fields_set__ == expected.__pydantic_fields_set__
+    assert list(got.__dict__) == list(expected.__dict__)
     assert encode(got) == encode(expected)
-    assert event.received_at != now  # the event read is left as it was
