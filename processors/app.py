@@ -417,15 +417,10 @@ async def drain_batches(stream: Any, max_events: int, within: float) -> AsyncIte
 SAME_PARTITION = -1
 
 
-@dataclass(slots=True)
-class Outgoing:
-    """One record for Kafka; `partition` None means by key (the producer's partitioner)."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    partition: int | None
-
+Outgoing = tuple[str, bytes | None, bytes | None, int | None]
+"""One record for Kafka: (topic, key, value, partition); partition None means by key (the
+producer's partitioner). A plain tuple: two a cost event, and a slots dataclass cost 0.2 µs more
+each to make and read."""
 
 # a batch's records by the source partition whose transaction they belong to
 Outbox = dict[int, list[Outgoing]]
@@ -442,7 +437,10 @@ def put(
     """Queue a record in `source_partition`'s transaction; it goes to the same partition number
     of `topic` unless `to_partition` says otherwise."""
     out = source_partition if to_partition == SAME_PARTITION else to_partition
-    outbox.setdefault(source_partition, []).append(Outgoing(topic, key, value, out))
+    records = outbox.get(source_partition)
+    if records is None:
+        records = outbox[source_partition] = []
+    records.append((topic, key, value, out))
 
 
 class TransactionGone(ProcessorError):
@@ -455,19 +453,19 @@ async def _append_records(client: Any, records: list[Outgoing], futures: list[An
     (one delivery future each, instead of one future and one callback per record), keyed ones
     one by one through its partitioner. Order within a topic partition is kept."""
     builders: dict[tuple[str, int], Any] = {}
-    for r in records:
-        if r.partition is None:
-            futures.append(await client.send(r.topic, r.value, key=r.key))
+    for topic, key, value, partition in records:
+        if partition is None:
+            futures.append(await client.send(topic, value, key=key))
             continue
-        tp = (r.topic, r.partition)
+        tp = (topic, partition)
         builder = builders.get(tp)
         if builder is None:
             builder = builders[tp] = client.create_batch()
-        if builder.append(timestamp=None, key=r.key, value=r.value) is None:  # full
-            futures.append(await client.send_batch(builder, r.topic, partition=r.partition))
+        if builder.append(timestamp=None, key=key, value=value) is None:  # full
+            futures.append(await client.send_batch(builder, topic, partition=partition))
             builder = builders[tp] = client.create_batch()
-            if builder.append(timestamp=None, key=r.key, value=r.value) is None:
-                raise ValueError(f"a record of {len(r.value or b'')} bytes is larger than a producer batch")
+            if builder.append(timestamp=None, key=key, value=value) is None:
+                raise ValueError(f"a record of {len(value or b'')} bytes is larger than a producer batch")
     for (topic, partition), builder in builders.items():
         futures.append(await client.send_batch(builder, topic, partition=partition))
 
@@ -852,10 +850,12 @@ class LedgerApp:
         remember each state object beside the exact bytes stored for it, for the next load."""
         if parsed is not None and len(parsed) > MAX_PARSED_STATES:
             parsed.clear()
+        store, key_partition = _store_dict(table), table.data._key_partition  # as _store_put
         for skey, (state, partition) in book.take_dirty().items():
             bkey = skey.encode()
             value = orjson.dumps(state.to_json())
-            _store_put(table, bkey, value, partition)
+            store[bkey] = value
+            key_partition[bkey] = partition
             put(outbox, partition, changelog, bkey, value)
             if parsed is not None:
                 parsed[bkey] = (value, state)

@@ -45,13 +45,19 @@ UNPRICED_POLICY_ID = "unpriced-model"
 Attribution = Mapping[Scope, str | None]
 
 
+_SESSION, _AGENT_TYPE, _TEAM, _PROJECT, _CUSTOMER = (
+    Scope.SESSION, Scope.AGENT_TYPE, Scope.TEAM, Scope.PROJECT, Scope.CUSTOMER
+)  # fmt: skip
+"""The scopes as module names: an enum member read through its class costs a descriptor call."""
+
+
 def attribution_of(event: CostEvent) -> dict[Scope, str | None]:
     return {
-        Scope.SESSION: event.session_id,
-        Scope.AGENT_TYPE: event.agent_type,
-        Scope.TEAM: event.team,
-        Scope.PROJECT: event.project,
-        Scope.CUSTOMER: event.customer,
+        _SESSION: event.session_id,
+        _AGENT_TYPE: event.agent_type,
+        _TEAM: event.team,
+        _PROJECT: event.project,
+        _CUSTOMER: event.customer,
     }
 
 
@@ -92,12 +98,14 @@ def default_session_policy(token_cap: int) -> BudgetPolicy:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     """What one event does to the budgets covering it.
 
     `tokens`/`cost` are spend. A `call_started` reserves its estimate under `reserve` (its
     event id) until `expires_at_s`; the event that settles or aborts it names it in `release`.
+    Not frozen, though nothing changes one: the worker makes one per event, and a frozen
+    dataclass sets each field through `object.__setattr__` (`usage_of` 1.6 µs frozen).
     """
 
     tokens: int = 0
