@@ -22,7 +22,7 @@ from genai_prices import Usage, calc_price, data_snapshot
 from agentledger.settings import Settings
 from processors.price_cache import linear_price
 from processors.ratecard import RateCard, load_rate_card
-from schemas.events import MAX_MONEY, CostEvent, EventKind, PricedEvent
+from schemas.events import ADJUSTMENT, CALL_ABORTED, CALL_STARTED, MAX_MONEY, TOOL_CALL, CostEvent, PricedEvent
 
 UnpricedPolicy = Literal["fallback", "block"]
 
@@ -111,7 +111,7 @@ class _Price:
 def _tokens_for(event: CostEvent) -> tuple[int, int, int, int, int, bool]:
     """(input excl. cache, output, cache read, cache write, reasoning, clamped)."""
     output = event.output_tokens
-    if event.kind is EventKind.CALL_STARTED and event.max_output_tokens is not None:
+    if event.kind is CALL_STARTED and event.max_output_tokens is not None:
         output = max(output, event.max_output_tokens)
     reasoning = event.reasoning_tokens
     clamped = reasoning > output
@@ -243,13 +243,13 @@ def price_event(
         return _priced(event, now, cost, list_cost, source, version, input_cost, output_cost, unpriced, clamped)
 
     kind = event.kind
-    if kind is EventKind.ADJUSTMENT:
+    if kind is ADJUSTMENT:
         assert event.adjustment_amount is not None
         amount = event.adjustment_amount
         listed_amount = amount if event.adjustment_list_amount is None else event.adjustment_list_amount
         return priced(amount, listed_amount, SOURCE_ADJUSTMENT, SOURCE_ADJUSTMENT)
 
-    if kind is EventKind.TOOL_CALL:
+    if kind is TOOL_CALL:
         assert event.tool_name is not None
         card_fee = rate_card.tool_fee(event.tool_name) if rate_card else None
         if card_fee is not None:
@@ -260,10 +260,10 @@ def price_event(
         # a tool without a fee (a local function) costs nothing: that is a price, not a gap
         return priced(ZERO, ZERO, SOURCE_NONE, SOURCE_NONE)
 
-    if kind is EventKind.CALL_STARTED and event.estimated_cost is not None:
+    if kind is CALL_STARTED and event.estimated_cost is not None:
         return priced(event.estimated_cost, event.estimated_cost, SOURCE_ESTIMATE, SOURCE_ESTIMATE)
 
-    if kind is EventKind.CALL_ABORTED and (not event.model or event.total_tokens == 0):
+    if kind is CALL_ABORTED and (not event.model or event.total_tokens == 0):
         # nothing was consumed; the reservation it settles is released by the budget
         return priced(ZERO, ZERO, SOURCE_NONE, SOURCE_NONE)
 
@@ -315,7 +315,7 @@ def price_event(
         )
 
     # nobody knows this model
-    if event.reported_cost is not None and kind is not EventKind.CALL_STARTED:
+    if event.reported_cost is not None and kind is not CALL_STARTED:
         return priced(event.reported_cost, event.reported_cost, SOURCE_REPORTED, SOURCE_REPORTED, clamped=clamped)
     if unpriced_policy == "block":
         return priced(ZERO, ZERO, SOURCE_NONE, SOURCE_NONE, unpriced=True, clamped=clamped)

@@ -63,6 +63,15 @@ class EventKind(StrEnum):
     ADJUSTMENT = "adjustment"
 
 
+# The kinds as module names for the per-event paths (validation, pricing, budgets): a member read
+# through its class is a descriptor call, 50 ns each, about 0.7 µs an event in all.
+LLM_CALL = EventKind.LLM_CALL
+TOOL_CALL = EventKind.TOOL_CALL
+CALL_STARTED = EventKind.CALL_STARTED
+CALL_ABORTED = EventKind.CALL_ABORTED
+ADJUSTMENT = EventKind.ADJUSTMENT
+
+
 def derive_event_id(workflow_id: str, step_idx: int, step_name: str) -> str:
     """The idempotency key of one step of a workflow.
 
@@ -134,17 +143,20 @@ class CostEvent(Strict):
     @model_validator(mode="after")
     def _kind_fields(self) -> Self:
         kind = self.kind
-        if kind in (EventKind.LLM_CALL, EventKind.CALL_STARTED) and not self.model:
-            raise ValueError(f"model is required for kind={kind.value}")
-        if kind is EventKind.TOOL_CALL and not self.tool_name:
-            raise ValueError("tool_name is required for kind=tool_call")
-        if kind is EventKind.CALL_ABORTED and not self.settles:
-            raise ValueError("settles (the call_started event_id) is required for kind=call_aborted")
-        if kind is EventKind.ADJUSTMENT and (self.adjustment_amount is None or not self.reason):
-            raise ValueError("adjustment_amount and reason are required for kind=adjustment")
-        if kind is not EventKind.ADJUSTMENT and (
-            self.adjustment_amount is not None or self.adjustment_list_amount is not None
-        ):
+        if kind is LLM_CALL or kind is CALL_STARTED:
+            if not self.model:
+                raise ValueError(f"model is required for kind={kind.value}")
+        elif kind is TOOL_CALL:
+            if not self.tool_name:
+                raise ValueError("tool_name is required for kind=tool_call")
+        elif kind is CALL_ABORTED:
+            if not self.settles:
+                raise ValueError("settles (the call_started event_id) is required for kind=call_aborted")
+        elif kind is ADJUSTMENT:
+            if self.adjustment_amount is None or not self.reason:
+                raise ValueError("adjustment_amount and reason are required for kind=adjustment")
+            return self
+        if self.adjustment_amount is not None or self.adjustment_list_amount is not None:
             raise ValueError("adjustment_amount and adjustment_list_amount are only allowed for kind=adjustment")
         return self
 

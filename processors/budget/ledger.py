@@ -35,7 +35,7 @@ from schemas.budgets import (
     Window,
     scope_value_of,
 )
-from schemas.events import CostEvent, EventKind, PricedEvent
+from schemas.events import ADJUSTMENT, CALL_STARTED, CostEvent, PricedEvent
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -147,14 +147,14 @@ def usage_of(priced: PricedEvent, now_s: float = 0.0, reservation_timeout_s: flo
     """What an event adds to the budgets: spend, a reservation, or the settlement of one."""
     event = priced.event
     kind = event.kind
-    if kind is EventKind.CALL_STARTED:
+    if kind is CALL_STARTED:
         return Usage(
             reserve=event.event_id,
             reserve_tokens=estimated_tokens(event),
             reserve_cost=max(priced.cost, ZERO),
             expires_at_s=now_s + reservation_timeout_s,
         )
-    if kind is EventKind.ADJUSTMENT:
+    if kind is ADJUSTMENT:
         return Usage(cost=priced.cost)
     # llm_call / tool_call naming a call_started settle it; call_aborted releases it (and charges
     # whatever it consumed)
@@ -402,7 +402,7 @@ class BudgetBook:
         `now` expires reservations (and, with `late`, skips windows already closed at `now`).
         """
         crossings: list[Crossing] = []
-        session = attribution.get(Scope.SESSION)
+        session = attribution.get(_SESSION)
         for policy in policies:
             if not policy.enabled:
                 continue
