@@ -477,16 +477,6 @@ def _store_dict(table: Any) -> dict[bytes, bytes]:
     return cast(dict[bytes, bytes], table.data.data)
 
 
-def _store_put(table: Any, key: bytes, value: bytes, partition: int) -> None:
-    """Write a table's memory store without faust's per-key changelog message.
-
-    The caller sends the changelog record itself (once per key per batch). Recording the key's
-    partition lets faust drop it from memory when that partition moves to another worker.
-    """
-    _store_dict(table)[key] = value
-    table.data._key_partition[key] = partition
-
-
 class LedgerApp:
     """The faust app and the state the agent needs, built from one Settings object."""
 
@@ -847,10 +837,14 @@ class LedgerApp:
         parsed: dict[bytes, tuple[bytes, BudgetState]] | None = None,
     ) -> None:
         """Write the book's changed states to the table's store and changelog; with `parsed`,
-        remember each state object beside the exact bytes stored for it, for the next load."""
+        remember each state object beside the exact bytes stored for it, for the next load.
+
+        The store is written without faust's per-key changelog message: the changelog record goes
+        in the outbox, once per key per batch. Recording each key's partition lets faust drop the
+        key from memory when that partition moves to another worker."""
         if parsed is not None and len(parsed) > MAX_PARSED_STATES:
             parsed.clear()
-        store, key_partition = _store_dict(table), table.data._key_partition  # as _store_put
+        store, key_partition = _store_dict(table), table.data._key_partition
         for skey, (state, partition) in book.take_dirty().items():
             bkey = skey.encode()
             value = orjson.dumps(state.to_json())
