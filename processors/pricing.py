@@ -186,10 +186,11 @@ def _priced(
     list_cost: Decimal,
     source: str,
     version: str,
-    input_cost: Decimal,
-    output_cost: Decimal,
-    unpriced: bool,
-    clamped: bool,
+    *,
+    input_cost: Decimal = ZERO,
+    output_cost: Decimal = ZERO,
+    unpriced: bool = False,
+    clamped: bool = False,
 ) -> PricedEvent:
     """The PricedEvent, built without re-validation (a third of pricing's time): `event` is
     validated already, the sources and versions are ours and at most 64 characters, `now` is
@@ -229,43 +230,30 @@ def price_event(
         now = now.astimezone(UTC)
     gp_version = genai_prices_version()
 
-    def priced(
-        cost: Decimal,
-        list_cost: Decimal,
-        source: str,
-        version: str,
-        *,
-        input_cost: Decimal = ZERO,
-        output_cost: Decimal = ZERO,
-        unpriced: bool = False,
-        clamped: bool = False,
-    ) -> PricedEvent:
-        return _priced(event, now, cost, list_cost, source, version, input_cost, output_cost, unpriced, clamped)
-
     kind = event.kind
     if kind is ADJUSTMENT:
         assert event.adjustment_amount is not None
         amount = event.adjustment_amount
         listed_amount = amount if event.adjustment_list_amount is None else event.adjustment_list_amount
-        return priced(amount, listed_amount, SOURCE_ADJUSTMENT, SOURCE_ADJUSTMENT)
+        return _priced(event, now, amount, listed_amount, SOURCE_ADJUSTMENT, SOURCE_ADJUSTMENT)
 
     if kind is TOOL_CALL:
         assert event.tool_name is not None
         card_fee = rate_card.tool_fee(event.tool_name) if rate_card else None
         if card_fee is not None:
             tool_list = event.tool_fee if event.tool_fee is not None else card_fee
-            return priced(card_fee, tool_list, SOURCE_RATE_CARD, _version(rate_card, SOURCE_RATE_CARD))
+            return _priced(event, now, card_fee, tool_list, SOURCE_RATE_CARD, _version(rate_card, SOURCE_RATE_CARD))
         if event.tool_fee is not None:
-            return priced(event.tool_fee, event.tool_fee, SOURCE_TOOL_FEE, SOURCE_TOOL_FEE)
+            return _priced(event, now, event.tool_fee, event.tool_fee, SOURCE_TOOL_FEE, SOURCE_TOOL_FEE)
         # a tool without a fee (a local function) costs nothing: that is a price, not a gap
-        return priced(ZERO, ZERO, SOURCE_NONE, SOURCE_NONE)
+        return _priced(event, now, ZERO, ZERO, SOURCE_NONE, SOURCE_NONE)
 
     if kind is CALL_STARTED and event.estimated_cost is not None:
-        return priced(event.estimated_cost, event.estimated_cost, SOURCE_ESTIMATE, SOURCE_ESTIMATE)
+        return _priced(event, now, event.estimated_cost, event.estimated_cost, SOURCE_ESTIMATE, SOURCE_ESTIMATE)
 
     if kind is CALL_ABORTED and (not event.model or event.total_tokens == 0):
         # nothing was consumed; the reservation it settles is released by the budget
-        return priced(ZERO, ZERO, SOURCE_NONE, SOURCE_NONE)
+        return _priced(event, now, ZERO, ZERO, SOURCE_NONE, SOURCE_NONE)
 
     # llm_call, call_started without an estimate, call_aborted that consumed tokens
     assert event.model is not None
@@ -275,13 +263,23 @@ def price_event(
         # `_genai_price`'s answer and the list-price branch below, without their steps (most events)
         total = fast.input_price + fast.output_price
         return _priced(
-            event, now, total, total, SOURCE_GENAI, gp_version, fast.input_price, fast.output_price, False, clamped
+            event,
+            now,
+            total,
+            total,
+            SOURCE_GENAI,
+            gp_version,
+            input_cost=fast.input_price,
+            output_cost=fast.output_price,
+            clamped=clamped,
         )
     listed = _genai_price(event, tokens)
     custom = _rate_card_price(event, rate_card, tokens) if rate_card else None
     if custom is not None:
         list_cost = listed.total if listed is not None else custom.total
-        return priced(
+        return _priced(
+            event,
+            now,
             custom.total,
             list_cost,
             SOURCE_RATE_CARD,
@@ -294,7 +292,9 @@ def price_event(
         percent = rate_card.discount_percent(event.provider, event.model) if rate_card else None
         if percent is not None:
             factor = (HUNDRED - percent) / HUNDRED
-            return priced(
+            return _priced(
+                event,
+                now,
                 listed.total * factor,
                 listed.total,
                 SOURCE_RATE_CARD,
@@ -304,7 +304,9 @@ def price_event(
                 clamped=clamped,
             )
         total = listed.total
-        return priced(
+        return _priced(
+            event,
+            now,
             total,
             total,
             SOURCE_GENAI,
@@ -316,15 +318,19 @@ def price_event(
 
     # nobody knows this model
     if event.reported_cost is not None and kind is not CALL_STARTED:
-        return priced(event.reported_cost, event.reported_cost, SOURCE_REPORTED, SOURCE_REPORTED, clamped=clamped)
+        return _priced(
+            event, now, event.reported_cost, event.reported_cost, SOURCE_REPORTED, SOURCE_REPORTED, clamped=clamped
+        )
     if unpriced_policy == "block":
-        return priced(ZERO, ZERO, SOURCE_NONE, SOURCE_NONE, unpriced=True, clamped=clamped)
+        return _priced(event, now, ZERO, ZERO, SOURCE_NONE, SOURCE_NONE, unpriced=True, clamped=clamped)
     inp, out, cr, cw, _, _ = tokens
     input_cost = _per_mtok(inp + cr + cw, fallback_input_per_mtok)
     output_cost = _per_mtok(out, fallback_output_per_mtok)
     total = input_cost + output_cost
     version = f"fallback {fallback_input_per_mtok}/{fallback_output_per_mtok} per MTok"[:64]
-    return priced(
+    return _priced(
+        event,
+        now,
         total,
         total,
         SOURCE_FALLBACK,
