@@ -419,8 +419,8 @@ SAME_PARTITION = -1
 
 Outgoing = tuple[str, bytes | None, bytes | None, int | None]
 """One record for Kafka: (topic, key, value, partition); partition None means by key (the
-producer's partitioner). A plain tuple: each cost event makes two, and a slots dataclass cost 0.09 µs more
-each to make and read."""
+producer's partitioner). A plain tuple: each cost event makes two, and a slots dataclass cost
+0.09 µs more each to make and read."""
 
 # a batch's records by the source partition whose transaction they belong to
 Outbox = dict[int, list[Outgoing]]

@@ -12,7 +12,7 @@ import faust
 import pytest
 from faust.types import TP
 
-from processors import intake
+import processors.intake
 from processors.fetching import LeanMonitor
 from processors.intake import Intake
 
@@ -189,32 +189,34 @@ def test_a_batch_ack_leaves_the_consumer_as_faust_acking_each_message_does() -> 
         for batched in (False, True):
             consumer, messages = _consumer_with_messages("costs", offsets)
             if batched:
-                intake.track(consumer, messages)
+                processors.intake.track(consumer, messages)
             else:
                 for m in messages:
                     consumer.track_message(m)
             tracked = len(consumer._unacked_messages)
+            consumer._waiting_for_ack = waiting = asyncio.get_running_loop().create_future()  # a revocation's wait
             if batched:
-                intake.ack(consumer, messages[:5])
-                intake.ack(consumer, messages)  # again, and the rest: each message counts once
+                processors.intake.ack(consumer, messages[:5])
+                processors.intake.ack(consumer, messages)  # again, and the rest: each message counts once
             else:
                 for m in messages[:5] + messages:
                     consumer.ack(m)
-            states.append((tracked, _ack_state(consumer, messages)))
+            states.append((tracked, waiting.done(), _ack_state(consumer, messages)))
             consumer._thread.thread_loop.close()  # the consumer thread's loop, never started
         return states[0], states[1]
 
     by_faust, batched = asyncio.run(scenario())
     assert batched == by_faust
-    tracked, (acked, _, index, n_acked, unacked) = batched
-    assert tracked == len(offsets) and all(acked)
+    tracked, woken, (acked, _, index, n_acked, unacked) = batched
+    assert tracked == len(offsets) and woken and all(acked)
     # offset 4 is below partition 1's commit and the second offset 3 a repeat: neither counts, both stay
     assert n_acked == 6 and unacked == [(0, 3), (1, 4)]
     assert index == {TP("costs", 0): {1, 2, 3, 5}, TP("costs", 1): {12, 13}}
 
 
 def test_track_calls_the_sensors_only_when_one_looks_at_messages() -> None:
-    seen: list[int] = []
+    delegated: list[int] = []  # what reached faust's sensor delegate
+    seen: list[int] = []  # what reached a sensor that looks
 
     class Counting(LeanMonitor):
         def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
@@ -222,10 +224,18 @@ def test_track_calls_the_sensors_only_when_one_looks_at_messages() -> None:
 
     async def scenario() -> None:
         consumer, messages = _consumer_with_messages("costs", [(0, 1), (0, 2)])
-        intake.track(consumer, messages)  # the LeanMonitor alone: not called
+        to_sensors = consumer._on_message_in
+
+        def delegate(tp: Any, offset: int, message: Any) -> None:
+            delegated.append(offset)
+            to_sensors(tp, offset, message)
+
+        consumer._on_message_in = delegate
+        processors.intake.track(consumer, messages)  # the LeanMonitor alone: nothing to call
+        assert delegated == []
         consumer.app.sensors.add(Counting())
-        intake.track(consumer, messages)
+        processors.intake.track(consumer, messages)
         consumer._thread.thread_loop.close()
 
     asyncio.run(scenario())
-    assert seen == [1, 2]
+    assert delegated == [1, 2] and seen == [1, 2]
