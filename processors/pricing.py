@@ -214,6 +214,16 @@ def _priced(
     )
 
 
+def _at_list_price(
+    event: CostEvent, now: datetime, input_cost: Decimal, output_cost: Decimal, version: str, clamped: bool
+) -> PricedEvent:
+    """Charged what genai-prices lists: the cost is the list cost."""
+    total = input_cost + output_cost
+    return _priced(
+        event, now, total, total, SOURCE_GENAI, version, input_cost=input_cost, output_cost=output_cost, clamped=clamped
+    )
+
+
 def price_event(
     event: CostEvent,
     *,
@@ -261,18 +271,7 @@ def price_event(
     clamped = tokens[5]
     if rate_card is None and (fast := linear_price(event.provider, event.model, event.occurred_at, tokens)):
         # `_genai_price`'s answer and the list-price branch below, without their steps (most events)
-        total = fast.input_price + fast.output_price
-        return _priced(
-            event,
-            now,
-            total,
-            total,
-            SOURCE_GENAI,
-            gp_version,
-            input_cost=fast.input_price,
-            output_cost=fast.output_price,
-            clamped=clamped,
-        )
+        return _at_list_price(event, now, fast.input_price, fast.output_price, gp_version, clamped)
     listed = _genai_price(event, tokens)
     custom = _rate_card_price(event, rate_card, tokens) if rate_card else None
     if custom is not None:
@@ -303,18 +302,7 @@ def price_event(
                 output_cost=listed.output_cost * factor,
                 clamped=clamped,
             )
-        total = listed.total
-        return _priced(
-            event,
-            now,
-            total,
-            total,
-            SOURCE_GENAI,
-            gp_version,
-            input_cost=listed.input_cost,
-            output_cost=listed.output_cost,
-            clamped=clamped,
-        )
+        return _at_list_price(event, now, listed.input_cost, listed.output_cost, gp_version, clamped)
 
     # nobody knows this model
     if event.reported_cost is not None and kind is not CALL_STARTED:
